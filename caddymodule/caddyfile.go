@@ -1,0 +1,153 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("ws_balancer", parseCaddyfile)
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	ws_balancer [<matcher>] [<backends...>] {
+//		mode                  proxy
+//		backends              <backends...>
+//		consul {
+//			<see ConsulSource>
+//		}
+//		max_conns             <n>
+//		fail_duration         <duration>
+//		max_attempts          <n>
+//		dial_timeout          <duration>
+//		handshake_timeout     <duration>
+//		retry_after           <duration>
+//		reject_non_websocket
+//		tls_insecure_skip_verify
+//	}
+//
+// Backends are host:port or ws:// / wss:// URLs with an optional path.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	h.Backends = append(h.Backends, d.RemainingArgs()...)
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if seen[opt] && opt != "backends" {
+			return d.Errf("option %q given twice", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "mode":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Mode = d.Val()
+			if h.Mode != modeProxy {
+				return d.Errf("unknown mode %q (want %q)", h.Mode, modeProxy)
+			}
+		case "backends":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.Backends = append(h.Backends, args...)
+		case "consul":
+			h.Consul = new(ConsulSource)
+			if err := h.Consul.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "max_conns":
+			n, err := intArg(d)
+			if err != nil {
+				return err
+			}
+			h.MaxConns = int64(n)
+		case "max_attempts":
+			n, err := intArg(d)
+			if err != nil {
+				return err
+			}
+			h.MaxAttempts = n
+		case "fail_duration":
+			if err := durationArg(d, &h.FailDuration); err != nil {
+				return err
+			}
+		case "dial_timeout":
+			if err := durationArg(d, &h.DialTimeout); err != nil {
+				return err
+			}
+		case "handshake_timeout":
+			if err := durationArg(d, &h.HandshakeTimeout); err != nil {
+				return err
+			}
+		case "retry_after":
+			if err := durationArg(d, &h.RetryAfter); err != nil {
+				return err
+			}
+		case "reject_non_websocket":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.RejectNonWebSocket = true
+		case "tls_insecure_skip_verify":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.TLSInsecureSkipVerify = true
+		default:
+			return d.Errf("unrecognized subdirective %q", opt)
+		}
+	}
+	if d.Next() {
+		return d.Errf("unexpected token %q after the ws_balancer block", d.Val())
+	}
+	return nil
+}
+
+// intArg reads exactly one non-negative integer argument.
+func intArg(d *caddyfile.Dispenser) (int, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(d.Val())
+	if err != nil || n < 0 {
+		return 0, d.Errf("%s: %q is not a non-negative integer", opt, d.Val())
+	}
+	if d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	return n, nil
+}
+
+// durationArg reads exactly one non-negative duration argument.
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	opt := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(d.Val())
+	if err != nil || dur < 0 {
+		return d.Errf("%s: %q is not a valid duration", opt, d.Val())
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,253 @@
+package caddymodule
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler balances WebSocket connections over backends by their live
+// connection counts. In proxy mode it takes WebSocket upgrade requests,
+// completes the handshake through the least-loaded backend and relays the
+// connection; other requests go to the next handler (or get 400 with
+// reject_non_websocket).
+//
+// Unlike reverse_proxy, it counts connections rather than requests, and its
+// connections survive config reloads.
+type Handler struct {
+	// Mode is "proxy" (default): relay connections through Caddy.
+	Mode string `json:"mode,omitempty"`
+
+	// Backends is a static list of backends: host:port, or ws:// / wss://
+	// URLs with an optional path prefix joined before the request path.
+	Backends []string `json:"backends,omitempty"`
+
+	// Consul discovers backends (and their reported loads) from Consul,
+	// instead of a static list.
+	Consul *ConsulSource `json:"consul,omitempty"`
+
+	// MaxConns caps the live connections per backend; 0 means no cap.
+	// When every backend is full or down the client gets 503 with
+	// Retry-After.
+	MaxConns int64 `json:"max_conns,omitempty"`
+
+	// FailDuration is how long a backend that refused a dial or failed a
+	// handshake gets no new connections. Default 10s.
+	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
+
+	// MaxAttempts bounds the backends tried for one upgrade. Default 3.
+	MaxAttempts int `json:"max_attempts,omitempty"`
+
+	// DialTimeout bounds a dial to a backend. Default 5s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// HandshakeTimeout bounds the handshake with a backend after the dial.
+	// Default 10s.
+	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+
+	// RetryAfter is the Retry-After sent with 503 answers. Default 5s.
+	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
+
+	// RejectNonWebSocket answers requests that are not WebSocket upgrades
+	// with 400 instead of passing them to the next handler.
+	RejectNonWebSocket bool `json:"reject_non_websocket,omitempty"`
+
+	// TLSInsecureSkipVerify turns off certificate checks for wss backends.
+	// Only for testing.
+	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
+
+	logger *zap.Logger
+	store  wsbackend.BackendStore
+	pool   *wsbackend.Pool
+	// source is what the proxy chooses from: pool for static backends, or
+	// the Consul watcher's.
+	source wsbackend.UpstreamSource
+	proxy  *wsbackend.Proxy
+	// held are the addresses this handler holds in backendStates.
+	held []string
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.ws_balancer",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.store = usagePoolStore{}
+	if h.Mode == "" {
+		h.Mode = modeProxy
+	}
+	ups := make([]*wsbackend.Upstream, 0, len(h.Backends))
+	for _, s := range h.Backends {
+		u, err := wsbackend.ParseBackendURL(s)
+		if err != nil {
+			return err // Caddy calls Cleanup after a failed Provision
+		}
+		h.held = append(h.held, u.Host)
+		ups = append(ups, &wsbackend.Upstream{
+			Backend:  h.store.Acquire(u.Host),
+			ID:       u.Host,
+			URL:      u,
+			MaxConns: h.MaxConns,
+		})
+	}
+	h.pool = new(wsbackend.Pool)
+	h.pool.Set(ups)
+	h.source = h.pool
+	if h.Consul != nil {
+		src, err := h.Consul.Start(ctx, h.store, h.MaxConns)
+		if err != nil {
+			return fmt.Errorf("starting Consul discovery: %w", err)
+		}
+		h.source = src
+	}
+
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	opts := &wsbackend.ProxyOptions{
+		DialTimeout:      time.Duration(h.DialTimeout),
+		HandshakeTimeout: time.Duration(h.HandshakeTimeout),
+		FailDuration:     time.Duration(h.FailDuration),
+		MaxAttempts:      h.MaxAttempts,
+		RetryAfter:       time.Duration(h.RetryAfter),
+		Logger:           h.logger,
+		OnOutcome:        countUpgrade,
+	}
+	if h.TLSInsecureSkipVerify {
+		opts.TLSConfig = &tls.Config{InsecureSkipVerify: true}
+	}
+	h.proxy = wsbackend.NewProxy(h.source, h.store, opts)
+	handlers.add(h)
+	return nil
+}
+
+const modeProxy = "proxy"
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.Mode != modeProxy {
+		return fmt.Errorf("unknown mode %q (want %q)", h.Mode, modeProxy)
+	}
+	if len(h.Backends) == 0 && h.Consul == nil {
+		return errors.New("no backends configured: give backends or a consul block")
+	}
+	if len(h.Backends) > 0 && h.Consul != nil {
+		return errors.New("give either static backends or a consul block, not both")
+	}
+	if h.MaxConns < 0 {
+		return fmt.Errorf("max_conns must not be negative, got %d", h.MaxConns)
+	}
+	if h.MaxAttempts < 0 {
+		return fmt.Errorf("max_attempts must not be negative, got %d", h.MaxAttempts)
+	}
+	for name, d := range map[string]caddy.Duration{
+		"fail_duration": h.FailDuration, "dial_timeout": h.DialTimeout,
+		"handshake_timeout": h.HandshakeTimeout, "retry_after": h.RetryAfter,
+	} {
+		if d < 0 {
+			return fmt.Errorf("%s must not be negative, got %s", name, time.Duration(d))
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this handler's hold on backend state. Connections it
+// opened are not closed: they hold their own references and carry on under
+// the next config.
+func (h *Handler) Cleanup() error {
+	handlers.remove(h)
+	if h.Consul != nil {
+		h.Consul.Stop()
+	}
+	for _, addr := range h.held {
+		h.store.Release(addr)
+	}
+	h.held = nil
+	return nil
+}
+
+// ServeHTTP proxies WebSocket upgrades and passes other requests on.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !wsbackend.IsUpgrade(r) {
+		if h.RejectNonWebSocket {
+			return caddyhttp.Error(http.StatusBadRequest, errors.New("not a WebSocket upgrade request"))
+		}
+		return next.ServeHTTP(w, r)
+	}
+	err := h.proxy.ServeUpgrade(w, r, forwardedFor(r))
+	var e *wsbackend.Error
+	if errors.As(err, &e) {
+		for name, values := range e.Header {
+			w.Header()[name] = values
+		}
+		return caddyhttp.Error(e.Status, e)
+	}
+	return err
+}
+
+// forwardedFor takes the client's IP as Caddy determined it, honouring the
+// server's trusted_proxies.
+func forwardedFor(r *http.Request) wsbackend.ForwardedFor {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+	return wsbackend.ForwardedFor{ClientIP: ip, Trusted: trusted}
+}
+
+// handlerSet tracks the provisioned handlers, for the admin API.
+type handlerSet struct {
+	mu sync.Mutex
+	m  map[*Handler]struct{}
+}
+
+var handlers = handlerSet{m: make(map[*Handler]struct{})}
+
+func (s *handlerSet) add(h *Handler) {
+	s.mu.Lock()
+	s.m[h] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *handlerSet) remove(h *Handler) {
+	s.mu.Lock()
+	delete(s.m, h)
+	s.mu.Unlock()
+}
+
+func (s *handlerSet) each(f func(*Handler)) {
+	s.mu.Lock()
+	list := make([]*Handler, 0, len(s.m))
+	for h := range s.m {
+		list = append(list, h)
+	}
+	s.mu.Unlock()
+	for _, h := range list {
+		f(h)
+	}
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

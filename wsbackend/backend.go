@@ -1,0 +1,205 @@
+package wsbackend
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Backend is the long-lived state of one backend server, shared by every
+// handler (and every config generation) that sends connections to it. It is
+// keyed by dial address in a BackendStore so that counts survive config
+// reloads. It must not be copied.
+type Backend struct {
+	addr string
+
+	// live counts the WebSocket connections this process currently relays
+	// to the backend, from the 101 answer until either side closes.
+	live atomic.Int64
+	// assigned counts assignments handed out (assign mode) that the
+	// backend's reports cannot reflect yet; see NoteAssignment.
+	assigned atomic.Int64
+
+	// failedUntil is when a passive health mark expires (unix nanoseconds);
+	// zero means healthy.
+	failedUntil atomic.Int64
+
+	report atomic.Pointer[loadReport]
+
+	// relays are the connections this process relays to the backend, so
+	// that they can be closed gracefully (shutdown, draining).
+	mu     sync.Mutex
+	relays map[*relay]struct{}
+
+	connsTotal atomic.Uint64
+	bytesUp    atomic.Uint64 // client to backend
+	bytesDown  atomic.Uint64 // backend to client
+}
+
+// loadReport is the backend's own view of its load, as published through
+// service discovery.
+type loadReport struct {
+	connections int64
+	capacity    int64
+	version     uint64
+	// baseline is this process's own contribution (live+assigned) at the
+	// moment the report was taken in: everything above it was opened after
+	// the report and is not included in it.
+	baseline int64
+	at       time.Time
+}
+
+// NewBackend returns state for the backend at addr (host:port). Most callers
+// get Backends from a BackendStore instead, so that state is shared.
+func NewBackend(addr string) *Backend { return &Backend{addr: addr} }
+
+// Addr is the backend's dial address, host:port.
+func (b *Backend) Addr() string { return b.addr }
+
+// Live is the number of connections this process relays to the backend now.
+func (b *Backend) Live() int64 { return b.live.Load() }
+
+// Load is the number of connections the balancer believes the backend holds:
+// its last reported count plus what this process has opened or assigned to
+// it since that report (minus what it closed). Without a report it is this
+// process's own count, which is exact for a single balancer.
+func (b *Backend) Load() int64 {
+	own := b.live.Load() + b.assigned.Load()
+	r := b.report.Load()
+	if r == nil {
+		return own
+	}
+	return max(0, r.connections+own-r.baseline)
+}
+
+// Capacity is the capacity the backend reported, or 0 when unknown.
+func (b *Backend) Capacity() int64 {
+	if r := b.report.Load(); r != nil {
+		return r.capacity
+	}
+	return 0
+}
+
+// Reported returns the backend's last reported count and when it was taken
+// in; ok is false when the backend never reported.
+func (b *Backend) Reported() (connections int64, at time.Time, ok bool) {
+	r := b.report.Load()
+	if r == nil {
+		return 0, time.Time{}, false
+	}
+	return r.connections, r.at, true
+}
+
+// ObserveReport records a load report from the backend. version identifies
+// the report (for Consul, the service's ModifyIndex): a report seen again
+// with the same version is ignored, so that this process's baseline is
+// taken only once per report.
+func (b *Backend) ObserveReport(connections, capacity int64, version uint64, now time.Time) {
+	if r := b.report.Load(); r != nil && r.version == version && r.connections == connections && r.capacity == capacity {
+		return
+	}
+	b.report.Store(&loadReport{
+		connections: connections,
+		capacity:    capacity,
+		version:     version,
+		baseline:    b.live.Load() + b.assigned.Load(),
+		at:          now,
+	})
+}
+
+// ForgetReport drops the backend's report, returning to local counting.
+func (b *Backend) ForgetReport() { b.report.Store(nil) }
+
+// Healthy reports whether no passive health mark is in force at now.
+func (b *Backend) Healthy(now time.Time) bool {
+	until := b.failedUntil.Load()
+	return until == 0 || now.UnixNano() >= until
+}
+
+// MarkDown keeps new connections away from the backend for d, after a dial or
+// handshake failure.
+func (b *Backend) MarkDown(now time.Time, d time.Duration) {
+	b.failedUntil.Store(now.Add(d).UnixNano())
+}
+
+// MarkUp clears a passive health mark, after a successful handshake.
+func (b *Backend) MarkUp() {
+	if b.failedUntil.Load() != 0 {
+		b.failedUntil.Store(0)
+	}
+}
+
+// Stats is a snapshot of a backend's counters, for metrics and the admin API.
+type Stats struct {
+	Addr        string `json:"address"`
+	Live        int64  `json:"live"`
+	Load        int64  `json:"load"`
+	Reported    *int64 `json:"reported,omitempty"`
+	Capacity    int64  `json:"capacity,omitempty"`
+	Healthy     bool   `json:"healthy"`
+	ConnsTotal  uint64 `json:"connections_total"`
+	BytesUp     uint64 `json:"bytes_up"`
+	BytesDown   uint64 `json:"bytes_down"`
+	AssignedNow int64  `json:"assigned,omitempty"`
+}
+
+// Stats returns a snapshot of the backend's counters.
+func (b *Backend) Stats(now time.Time) Stats {
+	s := Stats{
+		Addr:        b.addr,
+		Live:        b.live.Load(),
+		Load:        b.Load(),
+		Capacity:    b.Capacity(),
+		Healthy:     b.Healthy(now),
+		ConnsTotal:  b.connsTotal.Load(),
+		BytesUp:     b.bytesUp.Load(),
+		BytesDown:   b.bytesDown.Load(),
+		AssignedNow: b.assigned.Load(),
+	}
+	if n, _, ok := b.Reported(); ok {
+		s.Reported = &n
+	}
+	return s
+}
+
+// connOpened and connClosed bracket one relayed connection.
+func (b *Backend) connOpened() {
+	b.live.Add(1)
+	b.connsTotal.Add(1)
+}
+
+func (b *Backend) connClosed() { b.live.Add(-1) }
+
+func (b *Backend) track(r *relay) {
+	b.mu.Lock()
+	if b.relays == nil {
+		b.relays = make(map[*relay]struct{})
+	}
+	b.relays[r] = struct{}{}
+	b.mu.Unlock()
+}
+
+func (b *Backend) untrack(r *relay) {
+	b.mu.Lock()
+	delete(b.relays, r)
+	b.mu.Unlock()
+}
+
+// CloseConnections closes up to max (all if max <= 0) of the connections
+// this process relays to the backend, sending both sides a close frame with
+// code and reason where the streams allow. It returns how many it closed.
+func (b *Backend) CloseConnections(code uint16, reason string, max int) int {
+	b.mu.Lock()
+	victims := make([]*relay, 0, len(b.relays))
+	for r := range b.relays {
+		if max > 0 && len(victims) == max {
+			break
+		}
+		victims = append(victims, r)
+	}
+	b.mu.Unlock()
+	for _, r := range victims {
+		r.closeWith(code, reason)
+	}
+	return len(victims)
+}

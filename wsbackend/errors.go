@@ -1,0 +1,22 @@
+package wsbackend
+
+import (
+	"fmt"
+	"net/http"
+)
+
+// Error is a failed upgrade with the HTTP status the client should get.
+// Handlers turn it into their framework's error (caddyhttp.Error in Caddy).
+type Error struct {
+	Status int
+	// Header holds headers the answer must carry, such as Retry-After.
+	Header http.Header
+	Err    error
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+func newError(status int, format string, args ...any) *Error {
+	return &Error{Status: status, Err: fmt.Errorf(format, args...)}
+}

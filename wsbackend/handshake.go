@@ -1,0 +1,219 @@
+package wsbackend
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strings"
+	"sync"
+)
+
+// IsUpgrade reports whether r asks for a WebSocket upgrade at all (RFC 6455
+// section 4.2.1: GET, Connection containing "upgrade", Upgrade containing
+// "websocket"). Requests that do not may be served by another handler.
+func IsUpgrade(r *http.Request) bool {
+	return r.ProtoMajor == 1 &&
+		headerHasToken(r.Header, "Connection", "upgrade") &&
+		headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+// checkUpgrade validates an upgrade request before any backend is touched, so
+// that malformed handshakes cost nothing upstream.
+func checkUpgrade(r *http.Request) *Error {
+	if r.Method != http.MethodGet {
+		return newError(http.StatusMethodNotAllowed, "websocket upgrade must use GET, not %s", r.Method)
+	}
+	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
+		// RFC 6455 section 4.4: tell the client which version we speak.
+		e := newError(http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version %q", v)
+		e.Header = http.Header{"Sec-Websocket-Version": {"13"}}
+		return e
+	}
+	if k := r.Header.Get("Sec-WebSocket-Key"); len(k) != 24 || !strings.HasSuffix(k, "==") {
+		return newError(http.StatusBadRequest, "missing or malformed Sec-WebSocket-Key")
+	}
+	return nil
+}
+
+// headerHasToken reports whether a comma-separated header contains token,
+// case-insensitively.
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h[textproto.CanonicalMIMEHeaderKey(name)] {
+		for v != "" {
+			var t string
+			t, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hopHeaders are meaningful only for one connection (RFC 9110 section
+// 7.6.1). Connection and Upgrade are written again explicitly for the
+// upstream handshake; the Sec-WebSocket-* headers are end-to-end and pass.
+var hopHeaders = map[string]bool{
+	"Connection":          true,
+	"Proxy-Connection":    true,
+	"Keep-Alive":          true,
+	"Proxy-Authenticate":  true,
+	"Proxy-Authorization": true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+}
+
+// ForwardedFor describes how the X-Forwarded-* headers are set upstream.
+type ForwardedFor struct {
+	// ClientIP is the address to record for the client.
+	ClientIP string
+	// Trusted means the request came through a trusted proxy, so the
+	// X-Forwarded-* headers it sent are kept and extended, not replaced.
+	Trusted bool
+}
+
+var reqBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// writeUpgradeRequest writes the handshake to the backend in one write: the
+// client's request with its path joined to the backend's prefix, its
+// end-to-end headers, and X-Forwarded-For/-Proto/-Host.
+func writeUpgradeRequest(conn net.Conn, r *http.Request, u *Upstream, fwd ForwardedFor) error {
+	bp := reqBufPool.Get().(*[]byte)
+	b := (*bp)[:0]
+	defer func() { *bp = b[:0]; reqBufPool.Put(bp) }()
+
+	b = append(b, "GET "...)
+	b = appendTargetURI(b, u, r)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, r.Host...)
+	b = append(b, "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"...)
+	for name, values := range r.Header {
+		if hopHeaders[name] || isForwardedHeader(name) {
+			continue
+		}
+		for _, v := range values {
+			b = appendHeader(b, name, v)
+		}
+	}
+	b = appendForwarded(b, r, fwd)
+	b = append(b, "\r\n"...)
+	_, err := conn.Write(b)
+	return err
+}
+
+func isForwardedHeader(name string) bool {
+	return name == "X-Forwarded-For" || name == "X-Forwarded-Proto" || name == "X-Forwarded-Host"
+}
+
+func appendForwarded(b []byte, r *http.Request, fwd ForwardedFor) []byte {
+	xff := fwd.ClientIP
+	if prior := r.Header.Values("X-Forwarded-For"); fwd.Trusted && len(prior) > 0 {
+		xff = strings.Join(prior, ", ") + ", " + fwd.ClientIP
+	}
+	if xff != "" {
+		b = appendHeader(b, "X-Forwarded-For", xff)
+	}
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	host := r.Host
+	if fwd.Trusted {
+		if p := r.Header.Get("X-Forwarded-Proto"); p != "" {
+			proto = p
+		}
+		if h := r.Header.Get("X-Forwarded-Host"); h != "" {
+			host = h
+		}
+	}
+	b = appendHeader(b, "X-Forwarded-Proto", proto)
+	return appendHeader(b, "X-Forwarded-Host", host)
+}
+
+// appendHeader writes one header line, dropping CR and LF from the value so
+// that nothing the client sent can split the upstream request.
+func appendHeader(b []byte, name, value string) []byte {
+	b = append(b, name...)
+	b = append(b, ": "...)
+	for i := 0; i < len(value); i++ {
+		if c := value[i]; c != '\r' && c != '\n' {
+			b = append(b, c)
+		}
+	}
+	return append(b, "\r\n"...)
+}
+
+// appendTargetURI joins the backend's path prefix and query with the
+// request's, like net/http/httputil's single-host proxy.
+func appendTargetURI(b []byte, u *Upstream, r *http.Request) []byte {
+	prefix, path := u.URL.EscapedPath(), r.URL.EscapedPath()
+	switch {
+	case prefix == "" || prefix == "/":
+		if path == "" {
+			path = "/"
+		}
+		b = append(b, path...)
+	case strings.HasSuffix(prefix, "/") && strings.HasPrefix(path, "/"):
+		b = append(b, prefix...)
+		b = append(b, path[1:]...)
+	case !strings.HasSuffix(prefix, "/") && !strings.HasPrefix(path, "/") && path != "":
+		b = append(b, prefix...)
+		b = append(b, '/')
+		b = append(b, path...)
+	default:
+		b = append(b, prefix...)
+		b = append(b, path...)
+	}
+	q1, q2 := u.URL.RawQuery, r.URL.RawQuery
+	if q1 != "" || q2 != "" {
+		b = append(b, '?')
+		b = append(b, q1...)
+		if q1 != "" && q2 != "" {
+			b = append(b, '&')
+		}
+		b = append(b, q2...)
+	}
+	return b
+}
+
+var brPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// errBadHandshake marks answers that are not HTTP at all: the backend is
+// broken, not refusing, so it is marked down and another one is tried.
+var errBadHandshake = errors.New("malformed handshake response")
+
+// readUpgradeResponse reads the backend's answer. The returned reader may
+// hold bytes the backend sent after its headers (the first frames); the
+// caller forwards them and returns the reader to brPool.
+func readUpgradeResponse(conn net.Conn, r *http.Request) (*http.Response, *bufio.Reader, error) {
+	br := brPool.Get().(*bufio.Reader)
+	br.Reset(conn)
+	resp, err := http.ReadResponse(br, r)
+	if err != nil {
+		br.Reset(nil)
+		brPool.Put(br)
+		var ne net.Error
+		if errors.As(err, &ne) {
+			return nil, nil, fmt.Errorf("reading handshake response: %w", err)
+		}
+		return nil, nil, fmt.Errorf("%w: %w", errBadHandshake, err)
+	}
+	return resp, br, nil
+}
+
+// appendResponseHead serializes the backend's 101 answer for the client, as
+// the backend wrote it: its protocol and extension choices are the client's.
+func appendResponseHead(b []byte, resp *http.Response) []byte {
+	b = append(b, "HTTP/1.1 101 Switching Protocols\r\n"...)
+	for name, values := range resp.Header {
+		for _, v := range values {
+			b = appendHeader(b, name, v)
+		}
+	}
+	return append(b, "\r\n"...)
+}

@@ -1,0 +1,310 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	builtPath string
+	buildErr  error
+)
+
+// CaddyBinary returns the path of a Caddy built with the module, building it
+// on first use. $WSB_CADDY_BIN overrides it (e.g. an xcaddy build).
+func CaddyBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("WSB_CADDY_BIN"); p != "" {
+		return p
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "wsb-caddy-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtPath = filepath.Join(dir, "caddy")
+		args := []string{"build", "-o", builtPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		args = append(args, "./cmd/caddy")
+		cmd := exec.Command("go", args...)
+		cmd.Dir = RepoRoot()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("building caddy: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtPath
+}
+
+// RepoRoot is the module's root directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// FreePort returns a loopback port that was free a moment ago. It is drawn
+// below the kernel's ephemeral range (32768 and up by default), so that the
+// many outgoing connections of a concurrent test or benchmark cannot take it
+// between this check and its use.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port found in 20000-31999")
+	return 0
+}
+
+// Caddy is a running Caddy process.
+type Caddy struct {
+	t         testing.TB
+	cmd       *exec.Cmd
+	dir       string
+	HTTPPort  int
+	AdminPort int
+	log       *syncBuffer
+	done      chan struct{}
+}
+
+// SiteConfig is the body of the test site; {backends} and the like are
+// filled by the test with fmt before calling StartCaddy.
+//
+// StartCaddy starts Caddy with a Caddyfile made of global options (admin on
+// a free port, ws_balancer ordered, no HTTPS) and the given site body on a
+// free HTTP port. It waits until the site answers.
+func StartCaddy(t testing.TB, siteBody string) *Caddy {
+	t.Helper()
+	c := &Caddy{t: t, HTTPPort: FreePort(t), AdminPort: FreePort(t), log: new(syncBuffer), done: make(chan struct{})}
+	c.dir = t.TempDir()
+	if err := os.WriteFile(c.configPath(), []byte(c.Caddyfile(siteBody)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.cmd = exec.Command(CaddyBinary(t), "run", "--config", c.configPath(), "--adapter", "caddyfile")
+	c.cmd.Stdout = c.log
+	c.cmd.Stderr = c.log
+	c.cmd.Env = append(os.Environ(), "HOME="+c.dir, "XDG_DATA_HOME="+c.dir, "XDG_CONFIG_HOME="+c.dir)
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.cmd.Wait(); close(c.done) }()
+	t.Cleanup(c.Stop)
+	c.waitReady()
+	return c
+}
+
+// Caddyfile is the whole config StartCaddy uses for siteBody.
+func (c *Caddy) Caddyfile(siteBody string) string {
+	return fmt.Sprintf(`{
+	admin 127.0.0.1:%d
+	order ws_balancer before respond
+	auto_https off
+	persist_config off
+	grace_period 1s
+	servers {
+		timeouts {
+			read_header 3s
+		}
+	}
+}
+
+http://127.0.0.1:%d {
+	bind 127.0.0.1
+%s
+}
+`, c.AdminPort, c.HTTPPort, siteBody)
+}
+
+func (c *Caddy) configPath() string { return filepath.Join(c.dir, "Caddyfile") }
+
+func (c *Caddy) waitReady() {
+	c.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-c.done:
+			c.t.Fatalf("caddy exited at start:\n%s", c.log.String())
+		default:
+		}
+		conn, err := net.DialTimeout("tcp", c.Addr(), 200*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.t.Fatalf("caddy not ready after 60s:\n%s", c.log.String())
+}
+
+// Addr is the site's host:port.
+func (c *Caddy) Addr() string { return "127.0.0.1:" + strconv.Itoa(c.HTTPPort) }
+
+// URL is the site's ws:// URL for path.
+func (c *Caddy) URL(path string) string { return "ws://" + c.Addr() + path }
+
+// Log returns what Caddy has logged so far.
+func (c *Caddy) Log() string { return c.log.String() }
+
+// Reload loads a new site body through the admin API, as `caddy reload` does.
+func (c *Caddy) Reload(siteBody string) error {
+	req, err := http.NewRequest(http.MethodPost, c.adminURL("/load"), strings.NewReader(c.Caddyfile(siteBody)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "text/caddyfile")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("posting config: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("reload: %s: %s", resp.Status, body)
+	}
+	return nil
+}
+
+func (c *Caddy) adminURL(path string) string {
+	return "http://127.0.0.1:" + strconv.Itoa(c.AdminPort) + path
+}
+
+// BackendStatus is one entry of GET /ws_balancer/backends.
+type BackendStatus struct {
+	ID       string `json:"id"`
+	Address  string `json:"address"`
+	State    string `json:"state"`
+	Live     int64  `json:"live"`
+	Load     int64  `json:"load"`
+	Reported *int64 `json:"reported"`
+}
+
+// BackendsStatus is the admin API's answer.
+type BackendsStatus struct {
+	Backends  []BackendStatus `json:"backends"`
+	TotalLive int64           `json:"total_live"`
+}
+
+// Backends queries the admin API.
+func (c *Caddy) Backends() (BackendsStatus, error) {
+	var s BackendsStatus
+	resp, err := http.Get(c.adminURL("/ws_balancer/backends"))
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return s, fmt.Errorf("admin: %s: %s", resp.Status, b)
+	}
+	return s, json.NewDecoder(resp.Body).Decode(&s)
+}
+
+var goroutineTotal = regexp.MustCompile(`goroutine profile: total (\d+)`)
+
+// Goroutines counts the goroutines in the Caddy process (pprof on the admin
+// endpoint).
+func (c *Caddy) Goroutines() (int, error) {
+	resp, err := http.Get(c.adminURL("/debug/pprof/goroutine?debug=1"))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	m := goroutineTotal.FindSubmatch(b)
+	if m == nil {
+		return 0, fmt.Errorf("no goroutine total in pprof answer")
+	}
+	return strconv.Atoi(string(m[1]))
+}
+
+// Metrics returns the admin endpoint's Prometheus metrics text.
+func (c *Caddy) Metrics() (string, error) {
+	resp, err := http.Get(c.adminURL("/metrics"))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// Stop ends Caddy (SIGTERM, then SIGKILL after 5s) and waits for it.
+func (c *Caddy) Stop() {
+	if c.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		<-c.done
+	}
+}
+
+// WaitFor polls cond every 20ms until it holds or timeout passes.
+func WaitFor(ctx context.Context, timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if cond() {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return cond()
+}
+
+// syncBuffer is a bytes.Buffer safe for the process's writers and readers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,60 @@
+// Package token issues and verifies the short-lived, single-use tokens of
+// assign mode.
+//
+// In assign mode the balancer's /assign endpoint picks the least-loaded
+// backend and hands the client that backend's public WebSocket URL with a
+// token; the client connects straight to the backend, which must check that
+// the token is genuine, is for this backend, is fresh, and has not been used
+// before. The balancer uses a Signer; each backend a Verifier, usually through
+// Middleware in front of its WebSocket handler.
+//
+// # Format
+//
+// Tokens are JWS compact serialisations (RFC 7515), so any JWT tool can
+// decode them:
+//
+//	base64url(header) "." base64url(claims) "." base64url(signature)
+//
+// with header {"alg":"EdDSA"|"HS256","kid":"...","typ":"JWT"} and the claims
+// aud (backend ID), sub (client identity, optional), iat, nbf, exp (Unix
+// seconds) and jti (128 random bits). A token is about 300 bytes and lives
+// DefaultTTL (30s) unless told otherwise.
+//
+// # Keys
+//
+// Ed25519 (EdDSA) is the recommended algorithm: the balancer signs with the
+// private key and backends hold only the public key, so a compromised backend
+// cannot mint tokens for its peers. HMAC-SHA256 (HS256) with a shared secret
+// of at least 32 bytes is supported for simple setups; every holder of the
+// secret can mint tokens. The cmd/wskeygen command writes either kind in the
+// formats ParseKey and LoadKeyFile read. Key material never appears in
+// String, %v, %#v, slog output or error messages.
+//
+// Every key has a key ID (kid), derived from the key unless given. To rotate:
+// give the verifiers the new key in addition to the old one (Verifier.SetKeys
+// or VerifierOptions.Keys), switch the balancer to a Signer with the new key,
+// wait for the old tokens to expire (the TTL plus leeway), then remove the old
+// key from the verifiers. Its tokens then fail with unknown_kid.
+//
+// # Verification
+//
+// Verify rejects with an *Error whose Reason is a stable string for metrics
+// and logs (see the Reason constants), matched with errors.Is against the Err
+// sentinels or read with errors.As. Hardening worth knowing about:
+//
+//   - The key is chosen by kid from the verifier's own set only, and the
+//     header alg must equal that key's alg: "none" is never accepted, and an
+//     Ed25519 public key is never used as an HMAC secret.
+//   - Tokens longer than MaxTokenLength, or with any byte outside the
+//     base64url alphabet and the two dots, are rejected before decoding;
+//     base64url is decoded strictly, so a token has exactly one spelling.
+//   - The header and claims must be JSON objects without duplicate members;
+//     names are matched exactly; a "crit" header is rejected. The claims are
+//     decoded only after the signature is verified.
+//   - HMAC signatures are compared in constant time.
+//   - exp-iat may not exceed MaxLifetime, and iat or nbf in the future (beyond
+//     the leeway) is refused, so no token is usable for longer than
+//     MaxLifetime plus leeway.
+//   - A ReplayCache accepts each jti once, fails closed when full, and needs
+//     bounded memory (see ReplayCache for the trade-off).
+package token

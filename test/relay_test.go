@@ -75,6 +75,25 @@ func TestRelayFaithful(t *testing.T) {
 			} else {
 				rand.Read(msg)
 			}
+			// Read the echo while writing: the backend echoes as it reads,
+			// so a large message would fill every buffer on the way if the
+			// client only read after writing it all.
+			type echo struct {
+				typ int
+				got []byte
+				err error
+			}
+			echoed := make(chan echo, 1)
+			go func() {
+				c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				typ, r, err := c.NextReader()
+				if err != nil {
+					echoed <- echo{err: err}
+					return
+				}
+				got, err := io.ReadAll(r)
+				echoed <- echo{typ, got, err}
+			}()
 			w, err := c.NextWriter(tc.typ)
 			if err != nil {
 				t.Fatal(err)
@@ -92,14 +111,10 @@ func TestRelayFaithful(t *testing.T) {
 			if err := w.Close(); err != nil {
 				t.Fatal(err)
 			}
-			c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			typ, r, err := c.NextReader()
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := io.ReadAll(r)
-			if err != nil {
-				t.Fatal(err)
+			e := <-echoed
+			typ, got := e.typ, e.got
+			if e.err != nil {
+				t.Fatal(e.err)
 			}
 			if typ != tc.typ || !bytes.Equal(got, msg) {
 				t.Fatalf("echo differs: type %d/%d, %d/%d bytes", typ, tc.typ, len(got), len(msg))

@@ -8,7 +8,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/wsbalancer/caddy-wsbalancer/caddymodule"
+	_ "github.com/wsbalancer/caddy-wsbalancer"
 )
 
 func main() {

@@ -1,0 +1,168 @@
+package consul
+
+import (
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+)
+
+// SourceOptions configures a Source. The zero value is usable.
+type SourceOptions struct {
+	// MaxConns caps every backend's load (the handler's max_conns); 0 means
+	// no cap beyond the capacity a backend reports.
+	MaxConns int64
+	// Logger gets warnings about malformed meta. Default: none.
+	Logger *zap.Logger
+	// Now is the clock stamped on load reports; default time.Now.
+	Now func() time.Time
+}
+
+// Source is a wsbackend.UpstreamSource over the instances a Watcher sees.
+// On every change it publishes a new set of Upstreams in its Pool, over
+// Backends acquired from a BackendStore by dial address (released when the
+// instance leaves the passing set), and passes each instance's load report
+// to its Backend.
+//
+// An instance that leaves the set (deregistered, critical, in maintenance)
+// gets no new connections; the connections already relayed to it are not
+// touched: they hold their own references to the Backend.
+type Source struct {
+	store       wsbackend.BackendStore
+	opts        SourceOptions
+	pool        wsbackend.Pool
+	unsubscribe func()
+
+	mu     sync.Mutex
+	held   map[string]*wsbackend.Backend // by dial address
+	closed bool
+}
+
+// NewSource subscribes a new Source to w. If w has synced, the Source's set
+// is ready when NewSource returns.
+func NewSource(w *Watcher, store wsbackend.BackendStore, opts *SourceOptions) *Source {
+	s := &Source{store: store, held: make(map[string]*wsbackend.Backend)}
+	if opts != nil {
+		s.opts = *opts
+	}
+	if s.opts.Logger == nil {
+		s.opts.Logger = zap.NewNop()
+	}
+	if s.opts.Now == nil {
+		s.opts.Now = time.Now
+	}
+	s.unsubscribe = w.Subscribe(s.update)
+	return s
+}
+
+// Upstreams returns the current set; callers must not modify it.
+func (s *Source) Upstreams() []*wsbackend.Upstream { return s.pool.Upstreams() }
+
+// Close stops following the watcher and releases the Backends the Source
+// holds. The last set stays readable, so that requests still being served
+// by a configuration that is going away do not fail.
+func (s *Source) Close() {
+	s.unsubscribe() // after this, update is not running and will not run
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	for addr := range s.held {
+		s.store.Release(addr)
+	}
+	s.held = nil
+}
+
+// update publishes the Upstreams of a new set of instances.
+func (s *Source) update(set []Instance) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	now := s.opts.Now()
+	ups := make([]*wsbackend.Upstream, 0, len(set))
+	seen := make(map[string]bool, len(set))
+	for _, in := range set {
+		if seen[in.Addr] {
+			// Two registrations of one address are one backend: counting
+			// it twice would double its share.
+			s.opts.Logger.Warn("consul: two instances share a dial address; using the first",
+				zap.String("address", in.Addr), zap.String("ignored_id", in.ID))
+			continue
+		}
+		seen[in.Addr] = true
+		b := s.held[in.Addr]
+		if b == nil {
+			b = s.store.Acquire(in.Addr)
+			s.held[in.Addr] = b
+		}
+		ups = append(ups, s.upstream(in, b, now))
+	}
+	s.pool.Set(ups)
+	for addr := range s.held {
+		if !seen[addr] {
+			s.store.Release(addr)
+			delete(s.held, addr)
+		}
+	}
+}
+
+// upstream builds the Upstream of one instance and records its load report.
+func (s *Source) upstream(in Instance, b *wsbackend.Backend, now time.Time) *wsbackend.Upstream {
+	u := &wsbackend.Upstream{
+		Backend:  b,
+		ID:       in.ID,
+		URL:      &url.URL{Scheme: "ws", Host: in.Addr, Path: "/"},
+		MaxConns: s.opts.MaxConns,
+		Draining: strings.EqualFold(in.Meta[wsbackend.MetaDraining], "true"),
+	}
+	if raw := in.Meta[wsbackend.MetaURL]; raw != "" {
+		if pu, err := url.Parse(raw); err == nil && (pu.Scheme == "ws" || pu.Scheme == "wss") && pu.Host != "" {
+			u.PublicURL = raw
+		} else {
+			s.opts.Logger.Warn("consul: ignoring malformed meta "+wsbackend.MetaURL,
+				zap.String("id", in.ID), zap.String("value", raw))
+		}
+	}
+	capacity, okCap := s.metaCount(in, wsbackend.MetaCapacity)
+	conns, okConns := s.metaCount(in, wsbackend.MetaConnections)
+	switch {
+	case okConns:
+		b.ObserveReport(conns, capacity, in.ModifyIndex, now)
+	default:
+		// No count: the balancer counts alone. A capacity given without a
+		// count still caps the backend.
+		b.ForgetReport()
+		if okCap && capacity > 0 && (u.MaxConns == 0 || capacity < u.MaxConns) {
+			u.MaxConns = capacity
+		}
+	}
+	return u
+}
+
+// metaCount reads a non-negative integer from the instance's meta; ok is
+// false when the key is absent or malformed (which is logged).
+func (s *Source) metaCount(in Instance, key string) (n int64, ok bool) {
+	raw, present := in.Meta[key]
+	if !present {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(raw), 10, 64)
+	if err != nil || n < 0 {
+		s.opts.Logger.Warn("consul: ignoring malformed meta "+key,
+			zap.String("id", in.ID), zap.String("value", raw))
+		return 0, false
+	}
+	return n, true
+}
+
+// Interface guards
+var _ wsbackend.UpstreamSource = (*Source)(nil)

@@ -22,42 +22,70 @@ import (
 	"time"
 )
 
+// binary is one build of a command of this module, made on first use.
+type binary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
 var (
-	buildOnce sync.Once
-	builtPath string
-	buildErr  error
+	caddyRace, caddyPlain, wsecho binary
 )
 
-// CaddyBinary returns the path of a Caddy built with the module, building it
-// on first use. $WSB_CADDY_BIN overrides it (e.g. an xcaddy build).
+func (b *binary) build(t testing.TB, pkg string, race bool) string {
+	t.Helper()
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "wsb-bin-")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, filepath.Base(pkg))
+		args := []string{"build", "-o", b.path}
+		if race {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, pkg)...)
+		cmd.Dir = RepoRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("building %s: %v\n%s", pkg, err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+// CaddyBinary returns the path of a Caddy built with the module, with the
+// race detector when the tests run with it, building it on first use.
+// $WSB_CADDY_BIN overrides it (e.g. an xcaddy build).
 func CaddyBinary(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("WSB_CADDY_BIN"); p != "" {
 		return p
 	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "wsb-caddy-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtPath = filepath.Join(dir, "caddy")
-		args := []string{"build", "-o", builtPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		args = append(args, "./cmd/caddy")
-		cmd := exec.Command("go", args...)
-		cmd.Dir = RepoRoot()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("building caddy: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if raceEnabled {
+		return caddyRace.build(t, "./cmd/caddy", true)
 	}
-	return builtPath
+	return caddyPlain.build(t, "./cmd/caddy", false)
+}
+
+// CaddyBinaryNoRace is CaddyBinary without the race detector, for tests
+// holding more connections than its limit of 8128 live goroutines allows.
+func CaddyBinaryNoRace(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("WSB_CADDY_BIN"); p != "" {
+		return p
+	}
+	return caddyPlain.build(t, "./cmd/caddy", false)
+}
+
+// WSEchoBinary returns the path of cmd/wsecho, the demo echo backend.
+func WSEchoBinary(t testing.TB) string {
+	t.Helper()
+	return wsecho.build(t, "./cmd/wsecho", false)
 }
 
 // RepoRoot is the module's root directory.
@@ -103,12 +131,18 @@ type Caddy struct {
 // free HTTP port. It waits until the site answers.
 func StartCaddy(t testing.TB, siteBody string) *Caddy {
 	t.Helper()
+	return StartCaddyBinary(t, CaddyBinary(t), siteBody)
+}
+
+// StartCaddyBinary is StartCaddy with a given Caddy binary.
+func StartCaddyBinary(t testing.TB, bin, siteBody string) *Caddy {
+	t.Helper()
 	c := &Caddy{t: t, HTTPPort: FreePort(t), AdminPort: FreePort(t), log: new(syncBuffer), done: make(chan struct{})}
 	c.dir = t.TempDir()
 	if err := os.WriteFile(c.configPath(), []byte(c.Caddyfile(siteBody)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.cmd = exec.Command(CaddyBinary(t), "run", "--config", c.configPath(), "--adapter", "caddyfile")
+	c.cmd = exec.Command(bin, "run", "--config", c.configPath(), "--adapter", "caddyfile")
 	c.cmd.Stdout = c.log
 	c.cmd.Stderr = c.log
 	c.cmd.Env = append(os.Environ(), "HOME="+c.dir, "XDG_DATA_HOME="+c.dir, "XDG_CONFIG_HOME="+c.dir)
@@ -258,6 +292,27 @@ func (c *Caddy) Metrics() (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// RSS is the Caddy process's resident memory in bytes.
+func (c *Caddy) RSS() (int64, error) { return ProcessRSS(c.cmd.Process.Pid) }
+
+// Pid is the Caddy process's ID.
+func (c *Caddy) Pid() int { return c.cmd.Process.Pid }
+
+// ProcessRSS reads VmRSS of a process from /proc.
+func ProcessRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
 
 // Stop ends Caddy (SIGTERM, then SIGKILL after 5s) and waits for it.

@@ -179,4 +179,3 @@ func runInNetns(t *testing.T, name string) {
 		t.Fatalf("inside namespace %s: %v", ns, err)
 	}
 }
-

@@ -1,50 +1,86 @@
 // Command wsecho is a small WebSocket echo backend for demos and tests. It
 // echoes every message back and, with -hello, first greets each client with
 // its own name so that a demo can show where connections land.
+//
+// With -consul it is also the example of a backend that reports its load:
+// it counts its connections with wsbackend.Counter and registers itself with
+// wsbackend.Register, which keeps the count published in the service meta
+// that ws_balancer reads (see docs/protocol.md). On SIGINT or SIGTERM it
+// deregisters first, waits -drain-wait for balancers to notice, then closes
+// its connections with close code 1001 (going away).
+//
+//	wsecho -listen 127.0.0.1:9101 -name a -consul 127.0.0.1:8500 -capacity 1000
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"sync/atomic"
+	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9101", "address to listen on")
 	name := flag.String("name", "", "backend name sent by -hello and /stats (default: the listen address)")
 	hello := flag.Bool("hello", false, "greet each client with \"hello from <name>\" before echoing")
+	consulAddr := flag.String("consul", "", "Consul agent address to register with, host:port or URL (empty: no Consul)")
+	service := flag.String("service", "ws-echo", "Consul service name")
+	id := flag.String("id", "", "Consul service ID (default: <service>-<advertised host>-<port>)")
+	publicURL := flag.String("public-url", "", "ws:// or wss:// URL clients use in assign mode (meta ws_url)")
+	capacity := flag.Int64("capacity", 0, "connections accepted at most, advertised as ws_capacity (0: unlimited)")
+	advertise := flag.String("advertise", "", "host:port balancers dial (default: the listen address)")
+	token := flag.String("token", "", "Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
+	drainWait := flag.Duration("drain-wait", 2*time.Second, "on shutdown, time between deregistering and closing connections")
 	flag.Parse()
+
+	logger := newLogger()
+	defer logger.Sync()
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		logger.Fatal("listening", zap.Error(err))
+	}
 	if *name == "" {
-		*name = *listen
+		*name = ln.Addr().String()
 	}
 
-	var live atomic.Int64
+	var counter wsbackend.Counter
+	var conns connSet
 	upgrader := websocket.Upgrader{
 		CheckOrigin:       func(*http.Request) bool { return true },
 		EnableCompression: true,
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "{\"name\":%q,\"live\":%d}\n", *name, live.Load())
+		fmt.Fprintf(w, "{\"name\":%q,\"live\":%d}\n", *name, counter.Live())
 	})
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/", counter.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if *capacity > 0 && counter.Live() >= *capacity {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "at capacity", http.StatusServiceUnavailable)
+			return
+		}
 		c, err := upgrader.Upgrade(w, r, nil)
 		if err != nil {
 			return // the upgrader has answered the client
 		}
 		defer c.Close()
-		live.Add(1)
-		defer live.Add(-1)
+		conns.add(c)
+		defer conns.remove(c)
 		if *hello {
 			if err := c.WriteMessage(websocket.TextMessage, []byte("hello from "+*name)); err != nil {
 				return
@@ -59,17 +95,141 @@ func main() {
 				return
 			}
 		}
-	})
+	})))
 
-	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	logger.Info("listening", zap.String("name", *name), zap.String("addr", ln.Addr().String()))
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	log.Printf("wsecho %s listening on %s", *name, *listen)
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Fatalf("wsecho: %v", err)
+
+	var reg *wsbackend.Registration
+	if *consulAddr != "" {
+		if *advertise == "" {
+			*advertise = ln.Addr().String()
+		}
+		opts := wsbackend.RegistrationOptions{
+			Service: *service, ID: *id, PublicURL: *publicURL, Capacity: *capacity,
+			Counter: &counter, Logger: logger,
+		}
+		reg, err = register(ctx, *consulAddr, *token, *advertise, opts)
+		if err != nil {
+			logger.Fatal("registering with Consul", zap.Error(err))
+		}
 	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		logger.Fatal("serving", zap.Error(err))
+	}
+	stop() // a second signal kills at once
+	logger.Info("shutting down", zap.Int64("connections", counter.Live()))
+
+	// Deregister first, so that balancers stop sending clients here, and
+	// give them a moment to notice.
+	if reg != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := reg.Deregister(dctx); err != nil {
+			logger.Error("deregistering", zap.Error(err))
+		}
+		cancel()
+		time.Sleep(*drainWait)
+	}
+	// Refuse new connections, then say goodbye to the open ones.
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	srv.Shutdown(sctx)
+	cancel()
+	conns.closeAll(websocket.CloseGoingAway, "server shutting down", &counter, 2*time.Second)
+	logger.Info("stopped", zap.Int64("connections", counter.Live()))
+}
+
+// register registers with the Consul agent at addr, advertising advertise
+// (host:port) as the address balancers dial.
+func register(ctx context.Context, addr, token, advertise string, opts wsbackend.RegistrationOptions) (*wsbackend.Registration, error) {
+	host, portStr, err := net.SplitHostPort(advertise)
+	if err != nil {
+		return nil, fmt.Errorf("parsing -advertise %q: %w", advertise, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("parsing -advertise %q: %w", advertise, err)
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "" // listening on all interfaces: let Consul use the node's address
+	}
+	cfg := api.DefaultConfig() // honours CONSUL_HTTP_* variables
+	cfg.Address = addr
+	if token != "" {
+		cfg.Token = token
+	}
+	client, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts.Client, opts.Address, opts.Port = client, host, port
+	return wsbackend.Register(ctx, opts)
+}
+
+// connSet holds the open connections, so that shutdown can close them.
+type connSet struct {
+	mu sync.Mutex
+	m  map[*websocket.Conn]struct{}
+}
+
+func (s *connSet) add(c *websocket.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = make(map[*websocket.Conn]struct{})
+	}
+	s.m[c] = struct{}{}
+}
+
+func (s *connSet) remove(c *websocket.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, c)
+}
+
+func (s *connSet) snapshot() []*websocket.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := make([]*websocket.Conn, 0, len(s.m))
+	for c := range s.m {
+		list = append(list, c)
+	}
+	return list
+}
+
+// closeAll sends every connection a close frame with code and reason, waits
+// up to grace for the clients to answer (the handlers then return and the
+// counter drops), and drops whatever is left.
+func (s *connSet) closeAll(code int, reason string, counter *wsbackend.Counter, grace time.Duration) {
+	msg := websocket.FormatCloseMessage(code, reason)
+	deadline := time.Now().Add(grace)
+	for _, c := range s.snapshot() {
+		// WriteControl may run concurrently with the handler's writes.
+		c.WriteControl(websocket.CloseMessage, msg, deadline)
+	}
+	for counter.Live() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range s.snapshot() {
+		c.Close()
+	}
+}
+
+func newLogger() *zap.Logger {
+	cfg := zap.NewProductionConfig()
+	cfg.Encoding = "console"
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.DisableStacktrace = true
+	logger, err := cfg.Build()
+	if err != nil {
+		panic(err)
+	}
+	return logger.Named("wsecho")
 }

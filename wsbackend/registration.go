@@ -1,0 +1,534 @@
+package wsbackend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"go.uber.org/zap"
+)
+
+// Registration defaults; see RegistrationOptions.
+const (
+	DefaultTTL                     = 10 * time.Second
+	DefaultReportInterval          = 3 * time.Second
+	DefaultDeregisterCriticalAfter = time.Minute // Consul's minimum
+)
+
+// RegistrationOptions configure Register. Zero values mean the defaults.
+type RegistrationOptions struct {
+	// Client talks to the local Consul agent. Nil means
+	// api.NewClient(api.DefaultConfig()), which honours CONSUL_HTTP_ADDR,
+	// CONSUL_HTTP_TOKEN, CONSUL_HTTP_SSL, CONSUL_CACERT and the rest.
+	Client *api.Client
+
+	// Service is the service name, shared by every backend of the pool
+	// (the name balancers watch). Required.
+	Service string
+	// ID identifies this backend among the service's instances and must be
+	// unique on its Consul agent. Default: Service-host-Port, host being
+	// Address or else the machine's host name.
+	ID string
+	// Address and Port are what balancers in proxy mode dial. An empty
+	// Address means the Consul node's address. Port is required.
+	Address string
+	Port    int
+	// PublicURL is where balancers in assign mode send clients (meta
+	// ws_url), ws:// or wss:// with a path. Empty means ws://Address:Port/.
+	PublicURL string
+	// Capacity is how many connections the backend accepts (meta
+	// ws_capacity); 0 means unlimited. At capacity the TTL check reports
+	// "warning", which takes the instance out of ?passing answers.
+	Capacity int64
+	// Tags and Meta are passed through to Consul; Meta must not use the
+	// ws_* keys this package sets (see MetaConnections and the rest).
+	Tags []string
+	Meta map[string]string
+
+	// TTL is the TTL of the service's check: if the backend stops
+	// heartbeating for this long, its check turns critical. Default 10s.
+	TTL time.Duration
+	// ReportInterval is how often the backend heartbeats the TTL check.
+	// Default 3s (a third of TTL when TTL is shorter than 9s); it must be
+	// shorter than TTL.
+	ReportInterval time.Duration
+	// DeregisterCriticalAfter is how long the check may stay critical
+	// before Consul removes the service, which cleans up after a backend
+	// that died without deregistering. Default 1m; Consul raises shorter
+	// values to 1m.
+	DeregisterCriticalAfter time.Duration
+
+	// Counter is the backend's live connection count, published as meta
+	// ws_connections. Nil publishes no count: balancers then count only the
+	// connections they made themselves.
+	Counter *Counter
+	// MinPublishInterval, Threshold, MinStep and RefreshAfter govern when a
+	// changed count is published, as in ReporterOptions: defaults 2s, 10%,
+	// 5 connections and 30s.
+	MinPublishInterval time.Duration
+	Threshold          float64
+	MinStep            int64
+	RefreshAfter       time.Duration
+
+	// Logger receives failures (once per failure episode) and recoveries;
+	// nil discards them.
+	Logger *zap.Logger
+}
+
+// Registration is a backend registered in Consul with a TTL check, whose
+// connection count it keeps published. Create it with Register; end it with
+// Deregister.
+type Registration struct {
+	client   *api.Client
+	opts     RegistrationOptions
+	id       string
+	checkID  string
+	logger   *zap.Logger
+	reporter *Reporter
+	timeout  time.Duration // per Consul call
+
+	// beat asks the heartbeat loop to check at once whether the check's
+	// status must change (after a publish crossed Capacity).
+	beat chan struct{}
+
+	mu       sync.Mutex // guards draining, closing, deregistered
+	draining bool
+	// closing is set by Deregister once the loops have stopped: no
+	// registration may follow.
+	closing      bool
+	deregistered bool
+
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when both loops have returned
+	deregMu  sync.Mutex    // serializes Deregister
+	stopOnce sync.Once
+}
+
+// Register registers a backend instance of a service with the local Consul
+// agent and keeps it registered until ctx ends or Deregister is called:
+//
+//   - The service carries Address and Port, and meta ws_connections (the
+//     Counter's count), ws_capacity, ws_url and, once drained, ws_draining.
+//   - Its TTL check starts passing and is heartbeated every ReportInterval
+//     with Agent().UpdateTTL: status passing, or warning at capacity, and
+//     output "connections=N capacity=C" for people reading Consul's UI.
+//     Balancers must not read the count from the output: Consul syncs
+//     output-only changes to its servers only every check_update_interval
+//     (5 minutes by default, consul#9113).
+//   - A Reporter re-registers the service with the new ws_connections when
+//     the count moved by more than Threshold (and MinStep), reached or left
+//     0, or crossed Capacity, at most once per MinPublishInterval, and any
+//     other change within RefreshAfter.
+//
+// If the agent forgets the service (it restarted without its data, or
+// reaped the service after a long outage), the next heartbeat registers it
+// again. Failures are logged once per episode and retried with backoff.
+//
+// ctx bounds the whole registration, not just this call: when it ends the
+// loops stop without deregistering (the check then expires after TTL and
+// Consul removes the service after DeregisterCriticalAfter). For a graceful
+// exit call Deregister before closing connections.
+func Register(ctx context.Context, opts RegistrationOptions) (*Registration, error) {
+	r, err := newRegistration(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.reporter.publish(ctx); err != nil {
+		return nil, fmt.Errorf("registering service %q as %q with Consul: %w", r.opts.Service, r.id, err)
+	}
+	r.logger.Info("registered with Consul",
+		zap.String("address", hostPort(r.opts.Address, r.opts.Port)),
+		zap.Duration("ttl", r.opts.TTL))
+
+	loopCtx, cancel := context.WithCancel(ctx)
+	r.cancel = cancel
+	var wg sync.WaitGroup
+	wg.Go(func() { r.heartbeatLoop(loopCtx) })
+	wg.Go(func() { r.reporter.Run(loopCtx) })
+	go func() {
+		wg.Wait()
+		close(r.done)
+	}()
+	return r, nil
+}
+
+func newRegistration(opts RegistrationOptions) (*Registration, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	opts.Tags, opts.Meta = slices.Clone(opts.Tags), maps.Clone(opts.Meta) // the caller may reuse them
+	r := &Registration{
+		client:  opts.Client,
+		opts:    opts,
+		id:      opts.ID,
+		checkID: "service:" + opts.ID,
+		timeout: max(opts.ReportInterval, time.Second),
+		beat:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
+	}
+	if r.client == nil {
+		c, err := api.NewClient(api.DefaultConfig())
+		if err != nil {
+			return nil, fmt.Errorf("creating Consul client: %w", err)
+		}
+		r.client = c
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	r.logger = logger.Named("registration").With(zap.String("service", opts.Service), zap.String("id", r.id))
+	rep, err := newReporter(opts.Counter, ReporterOptions{
+		Publish:            r.register,
+		Capacity:           opts.Capacity,
+		Threshold:          opts.Threshold,
+		MinStep:            opts.MinStep,
+		MinPublishInterval: opts.MinPublishInterval,
+		RefreshAfter:       opts.RefreshAfter,
+		Logger:             r.logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registration: %w", err)
+	}
+	rep.onPublished = r.afterPublish
+	r.reporter = rep
+	return r, nil
+}
+
+func (o *RegistrationOptions) setDefaults() error {
+	if o.Service == "" {
+		return errors.New("registration: Service is required")
+	}
+	if o.Port <= 0 || o.Port > 65535 {
+		return fmt.Errorf("registration: Port %d out of range", o.Port)
+	}
+	if o.Capacity < 0 || o.TTL < 0 || o.ReportInterval < 0 || o.DeregisterCriticalAfter < 0 {
+		return errors.New("registration: negative option")
+	}
+	if o.PublicURL != "" {
+		u, err := url.Parse(o.PublicURL)
+		if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			return fmt.Errorf("registration: PublicURL %q is not a ws:// or wss:// URL", o.PublicURL)
+		}
+	}
+	for k := range o.Meta {
+		switch k {
+		case MetaConnections, MetaCapacity, MetaURL, MetaDraining:
+			return fmt.Errorf("registration: Meta key %q is set by the registration itself", k)
+		}
+	}
+	if len(o.Meta) > 60 {
+		return errors.New("registration: too many Meta pairs (Consul allows 64, this package uses 4)")
+	}
+	if o.ID == "" {
+		host := o.Address
+		if host == "" {
+			host, _ = os.Hostname()
+		}
+		o.ID = fmt.Sprintf("%s-%s-%d", o.Service, host, o.Port)
+	}
+	if o.TTL == 0 {
+		o.TTL = DefaultTTL
+	}
+	if o.ReportInterval == 0 {
+		o.ReportInterval = min(DefaultReportInterval, o.TTL/3)
+	}
+	if o.ReportInterval >= o.TTL {
+		return fmt.Errorf("registration: ReportInterval %v must be shorter than TTL %v", o.ReportInterval, o.TTL)
+	}
+	if o.DeregisterCriticalAfter == 0 {
+		o.DeregisterCriticalAfter = DefaultDeregisterCriticalAfter
+	}
+	return nil
+}
+
+// ID is the service ID the backend is registered under.
+func (r *Registration) ID() string { return r.id }
+
+// CheckID is the ID of the service's TTL check ("service:" + ID).
+func (r *Registration) CheckID() string { return r.checkID }
+
+// Published returns the connection count last written to Consul and when;
+// ok is false when no count is published (no Counter).
+func (r *Registration) Published() (connections int64, at time.Time, ok bool) {
+	n, at, ok := r.reporter.Published()
+	if n < 0 {
+		return 0, at, false
+	}
+	return n, at, ok
+}
+
+// registration builds the service definition with connections (-1: none).
+func (r *Registration) registration(connections int64) *api.AgentServiceRegistration {
+	r.mu.Lock()
+	draining := r.draining
+	r.mu.Unlock()
+
+	meta := make(map[string]string, len(r.opts.Meta)+4)
+	for k, v := range r.opts.Meta {
+		meta[k] = v
+	}
+	if connections >= 0 {
+		meta[MetaConnections] = strconv.FormatInt(connections, 10)
+	}
+	if r.opts.Capacity > 0 {
+		meta[MetaCapacity] = strconv.FormatInt(r.opts.Capacity, 10)
+	}
+	if r.opts.PublicURL != "" {
+		meta[MetaURL] = r.opts.PublicURL
+	}
+	if draining {
+		meta[MetaDraining] = "true"
+	}
+	return &api.AgentServiceRegistration{
+		ID:      r.id,
+		Name:    r.opts.Service,
+		Tags:    r.opts.Tags,
+		Address: r.opts.Address,
+		Port:    r.opts.Port,
+		Meta:    meta,
+		Check: &api.AgentServiceCheck{
+			CheckID: r.checkID,
+			Name:    "WebSocket backend heartbeat",
+			Notes:   "TTL heartbeat; the load report balancers read is the service meta " + MetaConnections,
+			TTL:     r.opts.TTL.String(),
+			// Passing from the start, so that the instance is usable at once.
+			// A re-registration keeps the check's current status.
+			Status:                         api.HealthPassing,
+			DeregisterCriticalServiceAfter: r.opts.DeregisterCriticalAfter.String(),
+		},
+	}
+}
+
+// register is the Reporter's Publish: it (re-)registers the service with
+// the count.
+func (r *Registration) register(ctx context.Context, connections int64) error {
+	r.mu.Lock()
+	closing := r.closing
+	r.mu.Unlock()
+	if closing {
+		return errDeregistered
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	return r.client.Agent().ServiceRegisterOpts(r.registration(connections), api.ServiceRegisterOpts{}.WithContext(ctx))
+}
+
+// afterPublish is the Reporter's hook after each publish: the check's
+// status may have to follow the count across Capacity.
+func (r *Registration) afterPublish(int64) {
+	select {
+	case r.beat <- struct{}{}:
+	default:
+	}
+}
+
+var errDeregistered = errors.New("registration: deregistered")
+
+// checkState is what the heartbeat reports: the published count (not the
+// live one, so that the output changes no more often than the meta does).
+func (r *Registration) checkState() (status, output string) {
+	n, _, ok := r.reporter.Published()
+	capacity := r.opts.Capacity
+	status = api.HealthPassing
+	if ok && n >= 0 {
+		output = fmt.Sprintf("connections=%d capacity=%d", n, capacity)
+		if capacity > 0 && n >= capacity {
+			status = api.HealthWarning
+		}
+	} else {
+		output = fmt.Sprintf("capacity=%d", capacity)
+	}
+	r.mu.Lock()
+	if r.draining {
+		output += " draining"
+	}
+	r.mu.Unlock()
+	return status, output
+}
+
+func (r *Registration) heartbeat(ctx context.Context, status, output string) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	return r.client.Agent().UpdateTTLOpts(r.checkID, output, status, (&api.QueryOptions{}).WithContext(ctx))
+}
+
+// heartbeatLoop updates the TTL check every ReportInterval, and at once when
+// a publish changed the check's status.
+func (r *Registration) heartbeatLoop(ctx context.Context) {
+	fails := failureLog{logger: r.logger, what: "updating the TTL check " + r.checkID}
+	bo := backoff{min: 250 * time.Millisecond, max: r.opts.ReportInterval}
+	timer := time.NewTimer(r.opts.ReportInterval)
+	defer timer.Stop()
+	lastStatus := api.HealthPassing
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-r.beat:
+			if status, _ := r.checkState(); status == lastStatus {
+				continue
+			}
+		}
+		status, output := r.checkState()
+		err := r.heartbeat(ctx, status, output)
+		if err != nil && isUnknownCheck(err) && ctx.Err() == nil {
+			// The agent forgot us: register again (passing), then heartbeat.
+			if !fails.failing {
+				r.logger.Info("the Consul agent lost the registration; registering again", zap.Error(err))
+			}
+			if err = r.reporter.PublishNow(ctx); err == nil {
+				status, output = r.checkState()
+				err = r.heartbeat(ctx, status, output)
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		wait := r.opts.ReportInterval
+		if err != nil {
+			fails.fail(err)
+			wait = bo.next()
+		} else {
+			fails.ok()
+			bo.reset()
+			lastStatus = status
+		}
+		timer.Reset(wait)
+	}
+}
+
+// isUnknownCheck reports whether a TTL update failed because the agent does
+// not know the check (404 "Unknown check ID" in current Consul, 500 "does
+// not have associated TTL" in old versions).
+func isUnknownCheck(err error) bool {
+	var se api.StatusError
+	if !errors.As(err, &se) {
+		return false
+	}
+	return se.Code == http.StatusNotFound ||
+		strings.Contains(se.Body, "does not have associated TTL") ||
+		strings.Contains(strings.ToLower(se.Body), "unknown check")
+}
+
+// isPermanent reports whether retrying err cannot help: a request Consul
+// refuses (400, 401, 403).
+func isPermanent(err error) bool {
+	var se api.StatusError
+	if !errors.As(err, &se) {
+		return false
+	}
+	return se.Code == http.StatusBadRequest || se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden
+}
+
+// Drain marks the backend draining (meta ws_draining=true, re-registered at
+// once): balancers send it no new connections or assignments but leave the
+// ones it has. Heartbeats and count reports go on. If the write fails, Drain
+// returns the error and the registration keeps retrying in the background.
+func (r *Registration) Drain(ctx context.Context) error { return r.setDraining(ctx, true) }
+
+// Undrain ends draining.
+func (r *Registration) Undrain(ctx context.Context) error { return r.setDraining(ctx, false) }
+
+func (r *Registration) setDraining(ctx context.Context, on bool) error {
+	r.mu.Lock()
+	if r.closing {
+		r.mu.Unlock()
+		return errDeregistered
+	}
+	r.draining = on
+	r.mu.Unlock()
+	if err := r.reporter.PublishNow(ctx); err != nil {
+		return fmt.Errorf("setting %s=%t on service %q: %w", MetaDraining, on, r.id, err)
+	}
+	return nil
+}
+
+// Deregister stops heartbeats and reports for good and removes the service
+// from Consul, retrying with backoff until it succeeds, Consul refuses for
+// good (ACLs) or ctx ends, so give ctx a deadline. A graceful shutdown calls
+// it first, waits a moment for balancers to notice, then closes
+// connections. Calling it again retries a failed deregistration and returns
+// nil after a successful one.
+func (r *Registration) Deregister(ctx context.Context) error {
+	r.deregMu.Lock()
+	defer r.deregMu.Unlock()
+	r.mu.Lock()
+	gone := r.deregistered
+	r.mu.Unlock()
+	if gone {
+		return nil
+	}
+	r.stop()
+	r.mu.Lock()
+	r.closing = true // from now on, Drain and Undrain fail
+	r.mu.Unlock()
+	// Wait out a Drain in flight: its registration must not land after
+	// the deregistration.
+	r.reporter.pubMu.Lock()
+	defer r.reporter.pubMu.Unlock()
+
+	fails := failureLog{logger: r.logger, what: "deregistering the service"}
+	bo := backoff{min: 250 * time.Millisecond, max: 5 * time.Second}
+	for {
+		err := r.deregister(ctx)
+		var se api.StatusError
+		if err == nil || (errors.As(err, &se) && se.Code == http.StatusNotFound) {
+			fails.ok()
+			r.mu.Lock()
+			r.deregistered = true
+			r.mu.Unlock()
+			r.logger.Info("deregistered from Consul")
+			return nil
+		}
+		if isPermanent(err) || ctx.Err() != nil {
+			return fmt.Errorf("deregistering service %q from Consul: %w", r.id, err)
+		}
+		fails.fail(err)
+		t := time.NewTimer(bo.next())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("deregistering service %q from Consul: %w", r.id, err)
+		case <-t.C:
+		}
+	}
+}
+
+// Close is Deregister.
+func (r *Registration) Close(ctx context.Context) error { return r.Deregister(ctx) }
+
+func (r *Registration) deregister(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	return r.client.Agent().ServiceDeregisterOpts(r.id, (&api.QueryOptions{}).WithContext(ctx))
+}
+
+// stop ends the loops and waits for them, so that no heartbeat or
+// re-registration can bring the service back after it is deregistered.
+func (r *Registration) stop() {
+	r.stopOnce.Do(func() {
+		if r.cancel != nil {
+			r.cancel()
+			<-r.done
+		}
+	})
+}
+
+func hostPort(host string, port int) string {
+	if host == "" {
+		host = "<node address>"
+	}
+	return host + ":" + strconv.Itoa(port)
+}

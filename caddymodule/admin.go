@@ -19,8 +19,10 @@ func init() {
 // adminAPI serves the balancer's state on Caddy's admin endpoint:
 //
 //	GET /ws_balancer/backends
+//	POST|DELETE /ws_balancer/backends/<id>/drain
 //
-// lists every backend of every ws_balancer handler with its state and counts.
+// lists every backend of every ws_balancer handler with its state and
+// counts; drains a backend or undoes it (see handleDrain).
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -36,6 +38,9 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{
 		Pattern: "/ws_balancer/backends",
 		Handler: caddy.AdminHandlerFunc(a.handleBackends),
+	}, {
+		Pattern: "/ws_balancer/backends/",
+		Handler: caddy.AdminHandlerFunc(handleDrain),
 	}}
 }
 

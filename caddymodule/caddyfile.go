@@ -22,7 +22,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	ws_balancer [<matcher>] [<backends...>] {
-//		mode                  proxy
+//		mode                  proxy|assign
 //		backends              <backends...>
 //		consul {
 //			<see ConsulSource>
@@ -35,6 +35,29 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		retry_after           <duration>
 //		reject_non_websocket
 //		tls_insecure_skip_verify
+//		source_addresses      <ip|cidr...>
+//
+//		# operations (see OpsConfig):
+//		drain_close_rate      <n>[/s|/m]
+//		shutdown_grace        <duration>
+//		idle_timeout          <duration>
+//		origins               <patterns...>
+//		max_conns_per_ip      <n>
+//		upgrade_rate          <n>[/s|/m] [<burst>]
+//		rebalance {
+//			ratio <float>
+//			after <duration>
+//			rate  <n>[/s|/m]
+//		}
+//
+//		# mode assign only (see AssignConfig):
+//		token_key             <path>|<placeholder>
+//		token_kid             <kid>
+//		token_ttl             <duration>
+//		response              auto|redirect|json
+//		subject               <text with placeholders>
+//		assign_hold           <duration>
+//		selection             least_loaded|two_choices
 //	}
 //
 // Backends are host:port or ws:// / wss:// URLs with an optional path.
@@ -54,8 +77,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.Mode = d.Val()
-			if h.Mode != modeProxy {
-				return d.Errf("unknown mode %q (want %q)", h.Mode, modeProxy)
+			if h.Mode != modeProxy && h.Mode != modeAssign {
+				return d.Errf("unknown mode %q (want %q or %q)", h.Mode, modeProxy, modeAssign)
 			}
 		case "backends":
 			args := d.RemainingArgs()
@@ -101,13 +124,27 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.RejectNonWebSocket = true
+		case "source_addresses":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.SourceAddresses = args
 		case "tls_insecure_skip_verify":
 			if d.NextArg() {
 				return d.ArgErr()
 			}
 			h.TLSInsecureSkipVerify = true
 		default:
-			return d.Errf("unrecognized subdirective %q", opt)
+			if ok, err := h.unmarshalOpsOption(d); ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			if err := h.unmarshalAssignOption(d); err != nil {
+				return err
+			}
 		}
 	}
 	if d.Next() {

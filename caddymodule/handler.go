@@ -28,8 +28,13 @@ func init() {
 // Unlike reverse_proxy, it counts connections rather than requests, and its
 // connections survive config reloads.
 type Handler struct {
-	// Mode is "proxy" (default): relay connections through Caddy.
+	// Mode is "proxy" (default): relay connections through Caddy; or
+	// "assign": answer each request with a backend's URL and a token, for
+	// the client to connect to the backend directly (see AssignConfig).
 	Mode string `json:"mode,omitempty"`
+
+	// Assign configures assign mode.
+	Assign *AssignConfig `json:"assign,omitempty"`
 
 	// Backends is a static list of backends: host:port, or ws:// / wss://
 	// URLs with an optional path prefix joined before the request path.
@@ -69,6 +74,17 @@ type Handler struct {
 	// Only for testing.
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
 
+	// OpsConfig holds draining, shutdown, idle, admission and rebalancing
+	// options (see ops.go); its fields are at this level in JSON.
+	OpsConfig
+
+	// SourceAddresses are local IPs (or CIDR prefixes) to dial backends
+	// from, round-robin. One source address holds at most about 64K
+	// connections to one backend ip:port; N addresses hold N times that.
+	// The addresses must be configured on the host. Default: the kernel's
+	// choice.
+	SourceAddresses []string `json:"source_addresses,omitempty"`
+
 	logger *zap.Logger
 	store  wsbackend.BackendStore
 	pool   *wsbackend.Pool
@@ -78,6 +94,7 @@ type Handler struct {
 	proxy  *wsbackend.Proxy
 	// held are the addresses this handler holds in backendStates.
 	held []string
+	ops  *opsState
 }
 
 // CaddyModule returns the Caddy module information.
@@ -135,7 +152,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.TLSInsecureSkipVerify {
 		opts.TLSConfig = &tls.Config{InsecureSkipVerify: true}
 	}
+	if len(h.SourceAddresses) > 0 {
+		dialer, err := newSourceDialer(h.SourceAddresses, time.Duration(h.DialTimeout))
+		if err != nil {
+			return err
+		}
+		opts.Dialer = dialer
+	}
+	raiseFileLimit(h.logger)
 	h.proxy = wsbackend.NewProxy(h.source, h.store, opts)
+	if h.Mode == modeAssign {
+		if err := h.provisionAssign(); err != nil {
+			return err
+		}
+	}
+	if err := registerOpsMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	h.provisionOps(ctx)
 	handlers.add(h)
 	return nil
 }
@@ -144,14 +178,24 @@ const modeProxy = "proxy"
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if h.Mode != modeProxy {
-		return fmt.Errorf("unknown mode %q (want %q)", h.Mode, modeProxy)
+	switch {
+	case h.Mode == modeAssign:
+		if err := h.Assign.check(); err != nil {
+			return err
+		}
+	case h.Mode != modeProxy:
+		return fmt.Errorf("unknown mode %q (want %q or %q)", h.Mode, modeProxy, modeAssign)
+	case h.Assign != nil:
+		return errors.New("assign options (token_key, ...) need mode assign")
 	}
 	if len(h.Backends) == 0 && h.Consul == nil {
 		return errors.New("no backends configured: give backends or a consul block")
 	}
 	if len(h.Backends) > 0 && h.Consul != nil {
 		return errors.New("give either static backends or a consul block, not both")
+	}
+	if err := h.OpsConfig.validate(); err != nil {
+		return err
 	}
 	if h.MaxConns < 0 {
 		return fmt.Errorf("max_conns must not be negative, got %d", h.MaxConns)
@@ -175,6 +219,7 @@ func (h *Handler) Validate() error {
 // the next config.
 func (h *Handler) Cleanup() error {
 	handlers.remove(h)
+	h.cleanupOps()
 	if h.Consul != nil {
 		h.Consul.Stop()
 	}
@@ -185,15 +230,27 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// ServeHTTP proxies WebSocket upgrades and passes other requests on.
+// ServeHTTP proxies WebSocket upgrades and passes other requests on; in
+// assign mode it answers every request with an assignment.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.Mode == modeAssign {
+		if err := h.admit(w, r); err != nil {
+			return err
+		}
+		return h.serveAssign(w, r)
+	}
 	if !wsbackend.IsUpgrade(r) {
 		if h.RejectNonWebSocket {
 			return caddyhttp.Error(http.StatusBadRequest, errors.New("not a WebSocket upgrade request"))
 		}
 		return next.ServeHTTP(w, r)
 	}
-	err := h.proxy.ServeUpgrade(w, r, forwardedFor(r))
+	return h.serveUpgrade(w, r)
+}
+
+// handlerError turns a *wsbackend.Error into Caddy's HTTP error, with the
+// headers it carries.
+func handlerError(w http.ResponseWriter, err error) error {
 	var e *wsbackend.Error
 	if errors.As(err, &e) {
 		for name, values := range e.Header {

@@ -76,7 +76,7 @@ func (cu *ConsulUpstreams) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream
 	ups := cu.source.Upstreams()
 	out := make([]*reverseproxy.Upstream, 0, len(ups))
 	for _, u := range ups {
-		if u.Draining {
+		if u.IsDraining() {
 			continue
 		}
 		out = append(out, &reverseproxy.Upstream{Dial: u.Addr()})

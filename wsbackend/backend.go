@@ -16,13 +16,19 @@ type Backend struct {
 	// live counts the WebSocket connections this process currently relays
 	// to the backend, from the 101 answer until either side closes.
 	live atomic.Int64
-	// assigned counts assignments handed out (assign mode) that the
-	// backend's reports cannot reflect yet; see NoteAssignment.
-	assigned atomic.Int64
+	// assigned counts the assignments handed out lately (assign mode)
+	// that the reports may not include yet: not a baseline, since a report
+	// may have been taken before the clients connected, but a window that
+	// reports only shorten. See recentCount.
+	assigned recentCount
 
 	// failedUntil is when a passive health mark expires (unix nanoseconds);
 	// zero means healthy.
 	failedUntil atomic.Int64
+
+	// drained is set by an operator (admin API) to keep new connections
+	// away; see SetDrained.
+	drained atomic.Bool
 
 	report atomic.Pointer[loadReport]
 
@@ -42,9 +48,10 @@ type loadReport struct {
 	connections int64
 	capacity    int64
 	version     uint64
-	// baseline is this process's own contribution (live+assigned) at the
-	// moment the report was taken in: everything above it was opened after
-	// the report and is not included in it.
+	// baseline is this process's live count at the moment the report was
+	// taken in: everything above it was opened after the report and is not
+	// included in it. (Recent assignments are held on top for their own
+	// time instead.)
 	baseline int64
 	at       time.Time
 }
@@ -60,16 +67,17 @@ func (b *Backend) Addr() string { return b.addr }
 func (b *Backend) Live() int64 { return b.live.Load() }
 
 // Load is the number of connections the balancer believes the backend holds:
-// its last reported count plus what this process has opened or assigned to
-// it since that report (minus what it closed). Without a report it is this
-// process's own count, which is exact for a single balancer.
+// its last reported count plus what this process has opened to it since that
+// report (minus what it closed), plus what this process assigned to it within
+// the assignments' hold. Without a report it is this process's own count,
+// which is exact for a single balancer.
 func (b *Backend) Load() int64 {
-	own := b.live.Load() + b.assigned.Load()
+	live, held := b.live.Load(), b.assigned.count()
 	r := b.report.Load()
 	if r == nil {
-		return own
+		return live + held
 	}
-	return max(0, r.connections+own-r.baseline)
+	return max(0, r.connections+live-r.baseline) + held
 }
 
 // Capacity is the capacity the backend reported, or 0 when unknown.
@@ -102,9 +110,10 @@ func (b *Backend) ObserveReport(connections, capacity int64, version uint64, now
 		connections: connections,
 		capacity:    capacity,
 		version:     version,
-		baseline:    b.live.Load() + b.assigned.Load(),
+		baseline:    b.live.Load(),
 		at:          now,
 	})
+	b.assigned.reported(now)
 }
 
 // ForgetReport drops the backend's report, returning to local counting.
@@ -154,7 +163,7 @@ func (b *Backend) Stats(now time.Time) Stats {
 		ConnsTotal:  b.connsTotal.Load(),
 		BytesUp:     b.bytesUp.Load(),
 		BytesDown:   b.bytesDown.Load(),
-		AssignedNow: b.assigned.Load(),
+		AssignedNow: b.assigned.count(),
 	}
 	if n, _, ok := b.Reported(); ok {
 		s.Reported = &n
@@ -172,11 +181,16 @@ func (b *Backend) connClosed() { b.live.Add(-1) }
 
 func (b *Backend) track(r *relay) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
+	// A relay that is closing may have been untracked already (its finish
+	// ran first); adding it now would keep it forever.
+	if r.closing.Load() {
+		return
+	}
 	if b.relays == nil {
 		b.relays = make(map[*relay]struct{})
 	}
 	b.relays[r] = struct{}{}
-	b.mu.Unlock()
 }
 
 func (b *Backend) untrack(r *relay) {
@@ -190,7 +204,11 @@ func (b *Backend) untrack(r *relay) {
 // code and reason where the streams allow. It returns how many it closed.
 func (b *Backend) CloseConnections(code uint16, reason string, max int) int {
 	b.mu.Lock()
-	victims := make([]*relay, 0, len(b.relays))
+	n := len(b.relays)
+	if max > 0 && max < n {
+		n = max
+	}
+	victims := make([]*relay, 0, n)
 	for r := range b.relays {
 		if max > 0 && len(victims) == max {
 			break

@@ -159,7 +159,7 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 			p.outcome(u.Addr(), OutcomeRejected)
 			return p.passResponse(w, conn, resp, br)
 		}
-		return p.startRelay(w, u, conn, resp, br)
+		return p.startRelay(w, u, conn, resp, br, relayHookFrom(r.Context()))
 	}
 	if lastErr != nil {
 		p.outcome("", OutcomeFailed)
@@ -253,7 +253,7 @@ func putReader(br *bufio.Reader) {
 
 // startRelay hijacks the client connection, writes the backend's 101 answer
 // and any bytes either side sent early, and starts relaying.
-func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn, resp *http.Response, br *bufio.Reader) error {
+func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn, resp *http.Response, br *bufio.Reader, hook *RelayHook) error {
 	fail := func(err error) error {
 		putReader(br)
 		backend.Close()
@@ -268,6 +268,7 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	// The server's read and write timeouts must not cut a long-lived
 	// connection: deadlines are the relay's business now.
 	client.SetDeadline(time.Time{})
+	hook.adopt()
 
 	b := u.Backend
 	p.store.Acquire(b.Addr())
@@ -277,6 +278,7 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 		b.untrack(rl)
 		b.connClosed()
 		p.store.Release(b.Addr())
+		hook.end()
 		if c := p.opts.Logger.Check(zapcore.DebugLevel, "websocket closed"); c != nil {
 			c.Write(zap.String("backend", b.Addr()), zap.String("reason", reason))
 		}
@@ -304,16 +306,19 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 		backend.Close()
 		b.connClosed()
 		p.store.Release(b.Addr())
+		hook.end()
 		p.outcome(b.Addr(), OutcomeFailed)
 		// The 101 may be half-written: nothing more can go to the client.
 		return nil
 	}
-	b.track(rl)
 	p.outcome(b.Addr(), OutcomeOK)
 	if c := p.opts.Logger.Check(zapcore.DebugLevel, "websocket relaying"); c != nil {
 		c.Write(zap.String("backend", b.Addr()), zap.String("remote", client.RemoteAddr().String()))
 	}
 	rl.start()
+	// Tracked once started, so that nothing can close it half set up; a
+	// relay that ended already is not tracked (see track).
+	b.track(rl)
 	return nil
 }
 

@@ -17,10 +17,16 @@ import (
 type relay struct {
 	client, backend net.Conn
 	up, down        pipe // client to backend, backend to client
+	// ev is set when an event loop relays the connection instead of the
+	// pipes' goroutines (plain TCP on Linux; see evloop_linux.go).
+	ev atomic.Pointer[evRelay]
 
 	closing atomic.Bool
-	running atomic.Int32 // pipes still running; the last one out finishes
-	finish  func(reason string)
+	// lastActive is when a pipe last moved bytes (unix nanoseconds), for
+	// idle timeouts (Backend.CloseIdle).
+	lastActive atomic.Int64
+	running    atomic.Int32 // pipes still running; the last one out finishes
+	finish     func(reason string)
 
 	// endReason is set by the pipe that ended first.
 	endOnce   sync.Once
@@ -33,6 +39,7 @@ const closeGrace = time.Second
 
 func newRelay(client, backend net.Conn, b *Backend, finish func(reason string)) *relay {
 	r := &relay{client: client, backend: backend, finish: finish}
+	r.lastActive.Store(time.Now().UnixNano())
 	r.up.init(r, backend, client, &b.bytesUp, true)
 	r.down.init(r, client, backend, &b.bytesDown, false)
 	return r
@@ -42,6 +49,9 @@ func newRelay(client, backend net.Conn, b *Backend, finish func(reason string)) 
 // handler's goroutine (with its deep middleware stack) is not kept for the
 // life of the connection.
 func (r *relay) start() {
+	if r.startEventLoop() {
+		return
+	}
 	r.running.Store(2)
 	go r.up.run()
 	go r.down.run()
@@ -62,6 +72,10 @@ func (r *relay) shutdown(reason string) {
 func (r *relay) closeWith(code uint16, reason string) {
 	// Writes here can race with the pipes' own writes only after closing is
 	// set; pipes check it before every write, so take it first.
+	if ev := r.ev.Load(); ev != nil {
+		ev.closeWith(code, reason)
+		return
+	}
 	if !r.closing.CompareAndSwap(false, true) {
 		return
 	}
@@ -135,6 +149,7 @@ func (p *pipe) run() {
 			p.mu.Unlock()
 			putRelayBuf(buf)
 			p.bytes.Add(uint64(n))
+			p.r.lastActive.Store(time.Now().UnixNano())
 			if werr != nil {
 				p.r.shutdown(p.side(false) + " write failed")
 				return

@@ -49,13 +49,13 @@ func (u *Upstream) Full() bool {
 
 // Available reports whether the upstream may take a new connection at now.
 func (u *Upstream) Available(now time.Time) bool {
-	return !u.Draining && u.Healthy(now) && !u.Full()
+	return !u.IsDraining() && u.Healthy(now) && !u.Full()
 }
 
 // State is a one-word summary for the admin API and logs.
 func (u *Upstream) State(now time.Time) string {
 	switch {
-	case u.Draining:
+	case u.IsDraining():
 		return "draining"
 	case !u.Healthy(now):
 		return "down"

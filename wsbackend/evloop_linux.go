@@ -1,0 +1,396 @@
+package wsbackend
+
+import (
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The event loop relays plain TCP connections without a goroutine per
+// connection: a few loops (one per CPU) wait on epoll for every relayed
+// socket and move bytes with non-blocking reads and writes through one buffer
+// per loop. An idle connection then costs only its small relay record, not
+// two goroutine stacks; a connection whose peer reads slowly holds a buffer
+// only for the bytes still owed to that peer.
+//
+// The relay takes the sockets over: it duplicates their descriptors and
+// closes Go's net.Conn, so Go's own poller forgets them and nothing else can
+// read or write them.
+
+// evLoopBufSize is the read buffer of one loop; it bounds one read.
+const evLoopBufSize = 64 << 10
+
+type evLoop struct {
+	epfd   int
+	wakefd int // eventfd: wakes the loop to run posted commands
+
+	mu   sync.Mutex
+	cmds []func()
+
+	// Owned by the loop goroutine:
+	sides map[int32]*evSide
+	buf   []byte
+}
+
+// evSide is one socket of a relayed connection.
+type evSide struct {
+	r    *relay
+	fd   int
+	peer *evSide
+	// in is the pipe that reads this socket.
+	in *pipe
+	// pending holds bytes read from the peer that this socket could not
+	// take yet; while it is not empty the peer is not read (backpressure).
+	pending []byte
+	pendBuf *[]byte
+	paused  bool // not reading: the peer has pending bytes
+	closed  bool
+	events  uint32
+}
+
+// evRelay is the event-loop state of a relay.
+type evRelay struct {
+	loop           *evLoop
+	client, server evSide
+}
+
+var (
+	evLoopsOnce sync.Once
+	evLoops     []*evLoop
+	evLoopsErr  error
+	evNext      atomic.Uint64
+)
+
+// EventLoopDisabled turns the event loop off for new connections (they are
+// relayed by two goroutines each instead). For comparison in benchmarks and
+// tests; set it before serving.
+var EventLoopDisabled bool
+
+func startEvLoops() {
+	n := runtime.GOMAXPROCS(0)
+	for range n {
+		l, err := newEvLoop()
+		if err != nil {
+			evLoopsErr = err
+			return
+		}
+		evLoops = append(evLoops, l)
+		go l.run()
+	}
+}
+
+func newEvLoop() (*evLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, err
+	}
+	return &evLoop{epfd: epfd, wakefd: wakefd, sides: make(map[int32]*evSide), buf: make([]byte, evLoopBufSize)}, nil
+}
+
+// takeFD duplicates the socket of c and closes c, handing the socket to the
+// caller. Only plain TCP connections qualify.
+func takeFD(c net.Conn) (int, bool) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return -1, false
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd := -1
+	var dupErr error
+	if err := raw.Control(func(s uintptr) {
+		fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil || dupErr != nil {
+		return -1, false
+	}
+	// Closing Go's descriptor leaves the socket open (the duplicate holds
+	// it) and takes it out of Go's poller first.
+	tc.Close()
+	return fd, true
+}
+
+// startEventLoop hands the relay to an event loop if both of its
+// connections are plain TCP; it reports false (and changes nothing) if not.
+func (r *relay) startEventLoop() bool {
+	if EventLoopDisabled {
+		return false
+	}
+	if _, ok := r.client.(*net.TCPConn); !ok {
+		return false
+	}
+	if _, ok := r.backend.(*net.TCPConn); !ok {
+		return false
+	}
+	evLoopsOnce.Do(startEvLoops)
+	if evLoopsErr != nil || len(evLoops) == 0 {
+		return false
+	}
+	cfd, ok := takeFD(r.client)
+	if !ok {
+		return false
+	}
+	sfd, ok := takeFD(r.backend)
+	if !ok {
+		// The client's Go conn is closed already: relay nothing, end.
+		unix.Close(cfd)
+		r.finish("taking over the backend socket failed")
+		return true
+	}
+	// Go's conns are closed: drop them so their descriptors' records and
+	// addresses can be collected.
+	r.client, r.backend = nil, nil
+	r.up.dst, r.up.src, r.up.raw, r.up.readFn = nil, nil, nil, nil
+	r.down.dst, r.down.src, r.down.raw, r.down.readFn = nil, nil, nil, nil
+	l := evLoops[evNext.Add(1)%uint64(len(evLoops))]
+	e := &evRelay{loop: l}
+	e.client = evSide{r: r, fd: cfd, peer: &e.server, in: &r.up}
+	e.server = evSide{r: r, fd: sfd, peer: &e.client, in: &r.down}
+	r.ev.Store(e)
+	l.post(func() {
+		for _, s := range []*evSide{&e.client, &e.server} {
+			l.sides[int32(s.fd)] = s
+			s.events = unix.EPOLLIN | unix.EPOLLRDHUP
+			ev := unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}
+			if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+				l.end(e, "registering with epoll failed: "+err.Error())
+				return
+			}
+		}
+	})
+	return true
+}
+
+// post runs f on the loop goroutine.
+func (l *evLoop) post(f func()) {
+	l.mu.Lock()
+	l.cmds = append(l.cmds, f)
+	l.mu.Unlock()
+	var one = [8]byte{1}
+	unix.Write(l.wakefd, one[:])
+}
+
+func (l *evLoop) run() {
+	events := make([]unix.EpollEvent, 256)
+	var cmds []func()
+	for {
+		n, err := unix.EpollWait(l.epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			panic("ws_balancer event loop: epoll_wait: " + err.Error())
+		}
+		for i := range n {
+			ev := &events[i]
+			if int(ev.Fd) == l.wakefd {
+				var b [8]byte
+				unix.Read(l.wakefd, b[:])
+				l.mu.Lock()
+				cmds, l.cmds = l.cmds, cmds[:0]
+				l.mu.Unlock()
+				for _, f := range cmds {
+					f()
+				}
+				clear(cmds)
+				continue
+			}
+			if s := l.sides[ev.Fd]; s != nil {
+				l.handle(s, ev.Events)
+			}
+		}
+	}
+}
+
+func (l *evLoop) handle(s *evSide, events uint32) {
+	if s.closed {
+		return
+	}
+	if events&unix.EPOLLOUT != 0 && len(s.pending) > 0 {
+		if !l.flush(s) {
+			return
+		}
+	}
+	if s.paused {
+		// Not reading while the peer is owed bytes; but a reset socket
+		// reports EPOLLERR/EPOLLHUP whatever the mask, so end it.
+		if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			l.end(s.r.ev.Load(), sideName(s)+" connection failed")
+		}
+		return
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0 {
+		return
+	}
+	n, err := unix.Read(s.fd, l.buf)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return
+	case err != nil:
+		l.srcEnded(s, err)
+		return
+	case n == 0:
+		l.srcEnded(s, io.EOF)
+		return
+	}
+	p := s.in
+	p.frames.observe(l.buf[:n])
+	p.bytes.Add(uint64(n))
+	s.r.lastActive.Store(time.Now().UnixNano())
+	l.send(s.peer, l.buf[:n])
+}
+
+// send writes b to dst, keeping what it cannot take as pending and pausing
+// the reading of its peer until it is flushed.
+func (l *evLoop) send(dst *evSide, b []byte) {
+	w, err := write(dst.fd, b)
+	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		l.end(dst.r.ev.Load(), sideName(dst)+" write failed")
+		return
+	}
+	w = max(w, 0)
+	if w == len(b) {
+		return
+	}
+	dst.pendBuf = getRelayBuf()
+	if cap(*dst.pendBuf) < len(b)-w {
+		*dst.pendBuf = make([]byte, len(b)-w)
+	}
+	dst.pending = append((*dst.pendBuf)[:0], b[w:]...)
+	dst.peer.paused = true
+	l.setEvents(dst.peer)
+	l.setEvents(dst)
+}
+
+// flush writes a side's pending bytes; it reports false if the relay ended.
+func (l *evLoop) flush(s *evSide) bool {
+	w, err := write(s.fd, s.pending)
+	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		l.end(s.r.ev.Load(), sideName(s)+" write failed")
+		return false
+	}
+	s.pending = s.pending[max(w, 0):]
+	if len(s.pending) == 0 {
+		s.pending = nil
+		putRelayBuf(s.pendBuf)
+		s.pendBuf = nil
+		s.peer.paused = false
+		l.setEvents(s.peer)
+		l.setEvents(s)
+	}
+	return true
+}
+
+func (l *evLoop) setEvents(s *evSide) {
+	var want uint32
+	if !s.paused {
+		want |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if len(s.pending) > 0 {
+		want |= unix.EPOLLOUT
+	}
+	if want == s.events || s.closed {
+		return
+	}
+	s.events = want
+	ev := unix.EpollEvent{Events: want, Fd: int32(s.fd)}
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.fd, &ev)
+}
+
+// srcEnded mirrors pipe.srcEnded: the other side gets a close frame where
+// the stream allows (1001 after a close, 1011 after an error), then both
+// close.
+func (l *evLoop) srcEnded(s *evSide, err error) {
+	code, reason := uint16(CloseGoingAway), sideName(s)+" closed the connection"
+	if !errors.Is(err, io.EOF) {
+		code, reason = CloseInternalError, sideName(s)+" connection failed"
+	}
+	l.injectClose(s.peer, code, reason)
+	l.end(s.r.ev.Load(), reason)
+}
+
+// injectClose writes a close frame to dst if the bytes relayed to it end
+// between frames, none of them was a close frame, and nothing is pending.
+func (l *evLoop) injectClose(dst *evSide, code uint16, reason string) {
+	p := dst.peer.in // the pipe that writes to dst
+	if dst.closed || len(dst.pending) > 0 || !p.frames.atBoundary() || p.frames.closeSeen {
+		return
+	}
+	// Best effort: a close frame is small, and a peer whose buffer is full
+	// is not waited for.
+	if _, err := write(dst.fd, closeFrame(code, reason, p.toServer)); err == nil {
+		p.frames.closeSeen = true
+	}
+}
+
+// end closes both sockets once and finishes the relay.
+func (l *evLoop) end(e *evRelay, reason string) {
+	if e.client.closed {
+		return
+	}
+	r := e.client.r
+	r.closing.Store(true)
+	r.endOnce.Do(func() { r.endReason = reason })
+	for _, s := range []*evSide{&e.client, &e.server} {
+		s.closed = true
+		delete(l.sides, int32(s.fd))
+		unix.Close(s.fd)
+		if s.pendBuf != nil {
+			putRelayBuf(s.pendBuf)
+			s.pendBuf, s.pending = nil, nil
+		}
+	}
+	r.finish(r.endReason)
+}
+
+// closeWith is relay.closeWith for the event loop. It waits (briefly) until
+// the loop has sent the close frames, so that a caller about to exit the
+// process does not cut them off.
+func (e *evRelay) closeWith(code uint16, reason string) {
+	done := make(chan struct{})
+	e.loop.post(func() {
+		defer close(done)
+		if e.client.closed {
+			return
+		}
+		e.client.r.endOnce.Do(func() { e.client.r.endReason = "closed by balancer" })
+		e.loop.injectClose(&e.client, code, reason)
+		e.loop.injectClose(&e.server, code, reason)
+		e.loop.end(e, "closed by balancer")
+	})
+	select {
+	case <-done:
+	case <-time.After(closeGrace):
+	}
+}
+
+func sideName(s *evSide) string {
+	if s.in.toServer {
+		return "client"
+	}
+	return "backend"
+}
+
+// write sends without SIGPIPE: a peer that reset its connection must cost
+// an EPIPE error, not a signal.
+func write(fd int, b []byte) (int, error) {
+	return unix.SendmsgN(fd, b, nil, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+}

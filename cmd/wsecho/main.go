@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"expvar"
 	"flag"
 	"fmt"
 	"net"
@@ -31,6 +32,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/token"
 )
 
 func main() {
@@ -45,6 +47,12 @@ func main() {
 	advertise := flag.String("advertise", "", "host:port balancers dial (default: the listen address)")
 	token := flag.String("token", "", "Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
 	drainWait := flag.Duration("drain-wait", 2*time.Second, "on shutdown, time between deregistering and closing connections")
+	var tokenKeys []string
+	flag.Func("token-key", "verify assign-mode tokens with this public key or HMAC secret file (repeat for the previous key during a rotation)", func(path string) error {
+		tokenKeys = append(tokenKeys, path)
+		return nil
+	})
+	tokenAudience := flag.String("token-audience", "", "backend ID tokens must be bound to (default: the Consul service ID, or the advertised host:port)")
 	flag.Parse()
 
 	logger := newLogger()
@@ -58,6 +66,14 @@ func main() {
 		*name = ln.Addr().String()
 	}
 
+	if *advertise == "" {
+		*advertise = ln.Addr().String()
+	}
+	verify, err := tokenVerifier(tokenKeys, *tokenAudience, *consulAddr != "", *id, *service, *advertise, logger)
+	if err != nil {
+		logger.Fatal("setting up token verification", zap.Error(err))
+	}
+
 	var counter wsbackend.Counter
 	var conns connSet
 	upgrader := websocket.Upgrader{
@@ -68,7 +84,8 @@ func main() {
 	mux.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "{\"name\":%q,\"live\":%d}\n", *name, counter.Live())
 	})
-	mux.Handle("/", counter.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/debug/vars", expvar.Handler())
+	mux.Handle("/", verify(counter.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if *capacity > 0 && counter.Live() >= *capacity {
 			w.Header().Set("Retry-After", "1")
 			http.Error(w, "at capacity", http.StatusServiceUnavailable)
@@ -95,7 +112,7 @@ func main() {
 				return
 			}
 		}
-	})))
+	}))))
 
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
@@ -107,9 +124,6 @@ func main() {
 
 	var reg *wsbackend.Registration
 	if *consulAddr != "" {
-		if *advertise == "" {
-			*advertise = ln.Addr().String()
-		}
 		opts := wsbackend.RegistrationOptions{
 			Service: *service, ID: *id, PublicURL: *publicURL, Capacity: *capacity,
 			Counter: &counter, Logger: logger,
@@ -232,4 +246,46 @@ func newLogger() *zap.Logger {
 		panic(err)
 	}
 	return logger.Named("wsecho")
+}
+
+// tokenVerifier returns middleware that admits only upgrades carrying a valid
+// assign-mode token for this backend, or a pass-through without keys. The
+// audience defaults to the ID the balancer binds tokens to: the Consul
+// service ID (as Register derives it) or the static backend's host:port.
+func tokenVerifier(keyFiles []string, audience string, consul bool, id, service, advertise string, logger *zap.Logger) (func(http.Handler) http.Handler, error) {
+	if len(keyFiles) == 0 {
+		return func(h http.Handler) http.Handler { return h }, nil
+	}
+	if audience == "" {
+		audience = advertise
+		if consul {
+			audience = id
+			if audience == "" {
+				host, port, err := net.SplitHostPort(advertise)
+				if err != nil {
+					return nil, fmt.Errorf("advertise address %q: %w", advertise, err)
+				}
+				audience = service + "-" + host + "-" + port
+			}
+		}
+	}
+	keys := make([]token.Key, 0, len(keyFiles))
+	for _, path := range keyFiles {
+		k, err := token.LoadKeyFile(path, "")
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	v, err := token.NewVerifier(token.VerifierOptions{Keys: keys, Audience: audience})
+	if err != nil {
+		return nil, err
+	}
+	rejects := new(token.RejectCounter)
+	expvar.Publish("token_rejections", rejects)
+	logger.Info("verifying assign-mode tokens", zap.String("audience", audience), zap.Int("keys", len(keys)))
+	return token.Middleware(v, token.MiddlewareOptions{OnReject: func(r *http.Request, reason string) {
+		rejects.OnReject(r, reason)
+		logger.Info("token rejected", zap.String("reason", reason), zap.String("remote", r.RemoteAddr))
+	}}), nil
 }

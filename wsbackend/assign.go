@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -168,7 +167,7 @@ func NewAssigner(src UpstreamSource, opts AssignOptions) (*Assigner, error) {
 	return &Assigner{
 		src:        src,
 		opts:       opts,
-		retryAfter: strconv.Itoa(int((opts.RetryAfter + time.Second - 1) / time.Second)),
+		retryAfter: retryAfterHeader(opts.RetryAfter),
 	}, nil
 }
 
@@ -187,22 +186,15 @@ func (a *Assigner) TTL() time.Duration { return a.opts.TTL }
 func (a *Assigner) Assign(subject string) (*Assignment, error) {
 	ups := a.src.Upstreams()
 	now := a.opts.Now()
-	var tried []*Upstream
-	skip := func(u *Upstream) bool {
-		for _, t := range tried {
-			if t == u {
-				return true
-			}
-		}
-		return false
-	}
+	var tried triedSet
+	skip := tried.has
 	var lastErr error
-	for len(tried) < a.opts.MaxAttempts {
+	for len(tried.list) < a.opts.MaxAttempts {
 		u := a.opts.Select(ups, now, skip)
 		if u == nil {
 			break
 		}
-		tried = append(tried, u)
+		tried.add(u)
 		release, ok := a.reserve(u)
 		if !ok {
 			continue // filled up by a concurrent assignment

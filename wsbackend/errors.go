@@ -3,6 +3,8 @@ package wsbackend
 import (
 	"fmt"
 	"net/http"
+	"strconv"
+	"time"
 )
 
 // Error is a failed upgrade with the HTTP status the client should get.
@@ -19,4 +21,10 @@ func (e *Error) Unwrap() error { return e.Err }
 
 func newError(status int, format string, args ...any) *Error {
 	return &Error{Status: status, Err: fmt.Errorf(format, args...)}
+}
+
+// retryAfterHeader renders d as a Retry-After value: whole seconds, rounded
+// up so that a client never comes back too early.
+func retryAfterHeader(d time.Duration) string {
+	return strconv.Itoa(int((d + time.Second - 1) / time.Second))
 }

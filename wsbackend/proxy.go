@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -103,7 +102,7 @@ func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	p.retryAfter = strconv.Itoa(int((o.RetryAfter + time.Second - 1) / time.Second))
+	p.retryAfter = retryAfterHeader(o.RetryAfter)
 	return p
 }
 
@@ -119,22 +118,15 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 		return e
 	}
 	ups := p.src.Upstreams()
-	var tried []*Upstream
-	skip := func(u *Upstream) bool {
-		for _, t := range tried {
-			if t == u {
-				return true
-			}
-		}
-		return false
-	}
+	var tried triedSet
+	skip := tried.has
 	var lastErr error
-	for len(tried) < p.opts.MaxAttempts {
+	for len(tried.list) < p.opts.MaxAttempts {
 		u := LeastLoaded(ups, p.opts.Now(), skip)
 		if u == nil {
 			break
 		}
-		tried = append(tried, u)
+		tried.add(u)
 		if !u.reserve() {
 			continue // filled up by a concurrent upgrade
 		}
@@ -163,7 +155,7 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 	}
 	if lastErr != nil {
 		p.outcome("", OutcomeFailed)
-		return &Error{Status: http.StatusBadGateway, Err: fmt.Errorf("no backend completed the handshake after %d attempts: %w", len(tried), lastErr)}
+		return &Error{Status: http.StatusBadGateway, Err: fmt.Errorf("no backend completed the handshake after %d attempts: %w", len(tried.list), lastErr)}
 	}
 	p.outcome("", OutcomeUnavailable)
 	return &Error{

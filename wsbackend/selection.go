@@ -65,3 +65,18 @@ func TwoChoices(ups []*Upstream, now time.Time, skip func(*Upstream) bool) *Upst
 	}
 	return a
 }
+
+// triedSet is the upstreams a retry loop has tried, to skip on the next
+// attempt; a few at most, so a slice.
+type triedSet struct{ list []*Upstream }
+
+func (t *triedSet) add(u *Upstream) { t.list = append(t.list, u) }
+
+func (t *triedSet) has(u *Upstream) bool {
+	for _, x := range t.list {
+		if x == u {
+			return true
+		}
+	}
+	return false
+}

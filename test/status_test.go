@@ -16,27 +16,13 @@ import (
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
 )
 
-func chromium() string {
-	if p := os.Getenv("WSB_CHROMIUM"); p != "" {
-		return p
-	}
-	for _, p := range []string{"/usr/bin/chromium", "/usr/bin/chromium-browser"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	return ""
-}
-
 // runChromium runs headless Chromium with args plus url and returns its
 // standard output.
 func runChromium(t *testing.T, ctx context.Context, bin string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	base := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir()}
+	base := append(harness.ChromiumFlags[:len(harness.ChromiumFlags):len(harness.ChromiumFlags)], "--user-data-dir="+t.TempDir())
 	cmd := exec.CommandContext(ctx, bin, append(base, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
@@ -75,7 +61,7 @@ var pollsRe = regexp.MustCompile(`id="updated" data-polls="(\d+)"`)
 // The status page, loaded in headless Chromium, shows each backend's state
 // and live count, draws the chart, and updates itself by polling its JSON.
 func TestStatusPageInBrowser(t *testing.T) {
-	bin := chromium()
+	bin := harness.ChromiumPath()
 	if bin == "" {
 		t.Skip("skipping the status page test: no Chromium at /usr/bin/chromium (apt-get install -y chromium, or set WSB_CHROMIUM)")
 	}

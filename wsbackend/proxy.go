@@ -280,6 +280,7 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	if n := br.Buffered(); n > 0 {
 		early, _ := br.Peek(n)
 		rl.down.frames.observe(early)
+		b.bytesDown.Add(uint64(n))
 		head = append(head, early...)
 	}
 	putReader(br)
@@ -289,6 +290,7 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	if err == nil && brw.Reader.Buffered() > 0 {
 		early, _ := brw.Reader.Peek(brw.Reader.Buffered())
 		rl.up.frames.observe(early)
+		b.bytesUp.Add(uint64(len(early)))
 		backend.SetWriteDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
 		_, err = backend.Write(early)
 		backend.SetWriteDeadline(time.Time{})

@@ -96,14 +96,16 @@ func echoAll(conns []*websocket.Conn, tag string) int {
 const inNetnsEnv = "WSB_IN_NETNS"
 
 // Past the port wall, at reduced scale: inside a network namespace whose
-// ephemeral port range is narrowed to 4,000 ports, 8,000 connections to one
-// backend ip:port fail without source_addresses and all succeed with two.
+// ephemeral port range is narrowed to 4,500 ports, 8,000 connections to one
+// backend ip:port fail without source_addresses and all succeed with two
+// (9,000 ports to the backend: 8,000 with margin, as the kernel does not
+// hand out every last port of a nearly full range).
 func TestSourceAddressesPastPortRange(t *testing.T) {
 	if os.Getenv(inNetnsEnv) == "" {
 		runInNetns(t, "TestSourceAddressesPastPortRange")
 		return
 	}
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("30000 33999"), 0o644); err != nil {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("30000 34499"), 0o644); err != nil {
 		t.Fatalf("narrowing the port range inside the namespace: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -128,7 +130,7 @@ func TestSourceAddressesPastPortRange(t *testing.T) {
 		conns, failed := openConns(ctx, clientDialer(t, tc.clientIP, 4), caddy.URL("/"), n, 100)
 		elapsed := time.Since(start)
 		echoFailed := echoAll(conns, tc.name)
-		t.Logf("%s: %d of %d connections to one backend port succeeded, %d failed, %d echo failures (%.1fs, port range 4,000)",
+		t.Logf("%s: %d of %d connections to one backend port succeeded, %d failed, %d echo failures (%.1fs, port range 4,500)",
 			tc.name, len(conns), n, failed, echoFailed, elapsed.Seconds())
 		if tc.wantAll && (failed > 0 || echoFailed > 0 || len(conns) != n) {
 			t.Errorf("%s: want all %d connections to work", tc.name, n)

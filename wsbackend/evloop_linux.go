@@ -4,9 +4,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,6 +31,10 @@ const evLoopBufSize = 64 << 10
 type evLoop struct {
 	epfd   int
 	wakefd int // eventfd: wakes the loop to run posted commands
+	// epoll is epfd as a pollable file: the loop waits for it in Go's own
+	// poller, like any goroutine blocked on a socket, instead of holding
+	// an OS thread in epoll_wait.
+	epoll syscall.RawConn
 
 	mu   sync.Mutex
 	cmds []func()
@@ -101,7 +107,18 @@ func newEvLoop() (*evLoop, error) {
 		unix.Close(wakefd)
 		return nil, err
 	}
-	return &evLoop{epfd: epfd, wakefd: wakefd, sides: make(map[int32]*evSide), buf: make([]byte, evLoopBufSize)}, nil
+	// An epoll descriptor is itself pollable: readable when it has events.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, err
+	}
+	raw, err := os.NewFile(uintptr(epfd), "ws_balancer-epoll").SyscallConn()
+	if err != nil {
+		unix.Close(wakefd)
+		return nil, err
+	}
+	return &evLoop{epfd: epfd, wakefd: wakefd, epoll: raw, sides: make(map[int32]*evSide), buf: make([]byte, evLoopBufSize)}, nil
 }
 
 // takeFD duplicates the socket of c and closes c, handing the socket to the
@@ -191,13 +208,23 @@ func (l *evLoop) post(f func()) {
 func (l *evLoop) run() {
 	events := make([]unix.EpollEvent, 256)
 	var cmds []func()
+	var n int
+	var werr error
+	wait := func(fd uintptr) bool {
+		n, werr = unix.EpollWait(int(fd), events, 0)
+		// Only "no events at all" waits for the descriptor to become
+		// readable again; after anything else the loop comes back.
+		return n != 0 || werr != nil
+	}
 	for {
-		n, err := unix.EpollWait(l.epfd, events, -1)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
+		if err := l.epoll.Read(wait); err != nil {
+			panic("ws_balancer event loop: waiting on epoll: " + err.Error())
+		}
+		if werr != nil {
+			if errors.Is(werr, unix.EINTR) {
 				continue
 			}
-			panic("ws_balancer event loop: epoll_wait: " + err.Error())
+			panic("ws_balancer event loop: epoll_wait: " + werr.Error())
 		}
 		for i := range n {
 			ev := &events[i]

@@ -232,16 +232,24 @@ func (h *Handler) drainLoop(ctx context.Context) {
 func (h *Handler) idleLoop(ctx context.Context) {
 	timeout := time.Duration(h.IdleTimeout)
 	every := min(max(timeout/4, 50*time.Millisecond), time.Second)
-	t := time.NewTicker(every)
+	everyTick(ctx, every, func(now time.Time) {
+		for _, u := range h.source.Upstreams() {
+			u.CloseIdle(wsbackend.CloseGoingAway, "idle timeout", now.Add(-timeout))
+		}
+	})
+}
+
+// everyTick calls f every d until ctx ends: the shape of the handler's
+// background workers.
+func everyTick(ctx context.Context, d time.Duration, f func(now time.Time)) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			for _, u := range h.source.Upstreams() {
-				u.CloseIdle(wsbackend.CloseGoingAway, "idle timeout", now.Add(-timeout))
-			}
+			f(now)
 		}
 	}
 }

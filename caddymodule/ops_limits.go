@@ -134,20 +134,13 @@ func (r *ipRates) take(ip string, now time.Time) time.Duration {
 // janitor drops refilled buckets every so often until ctx ends.
 func (r *ipRates) janitor(ctx context.Context) {
 	every := max(time.Duration(float64(r.burst)/float64(r.limit)*float64(time.Second)), 10*time.Second)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			r.mu.Lock()
-			for ip, lim := range r.m {
-				if lim.TokensAt(now) >= float64(r.burst) {
-					delete(r.m, ip)
-				}
+	everyTick(ctx, every, func(now time.Time) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for ip, lim := range r.m {
+			if lim.TokensAt(now) >= float64(r.burst) {
+				delete(r.m, ip)
 			}
-			r.mu.Unlock()
 		}
-	}
+	})
 }

@@ -174,16 +174,7 @@ func newStatusHistory(interval, span time.Duration) *statusHistory {
 
 func (h *statusHistory) run(ctx context.Context) {
 	defer close(h.done)
-	t := time.NewTicker(h.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			h.sample(now)
-		}
-	}
+	everyTick(ctx, h.interval, h.sample)
 }
 
 func (h *statusHistory) sample(now time.Time) {

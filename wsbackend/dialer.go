@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // SourceDialer dials backends from a pool of local addresses. One source
@@ -107,18 +105,4 @@ func (d *SourceDialer) DialContext(ctx context.Context, network, address string)
 		}
 	}
 	return nil, fmt.Errorf("all %d source addresses out of ports for %s: %w", n, address, err)
-}
-
-func bindAddressNoPort(network, address string, c syscall.RawConn) error {
-	var sockErr error
-	err := c.Control(func(fd uintptr) {
-		sockErr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-	})
-	if err != nil {
-		return err
-	}
-	if sockErr != nil {
-		return fmt.Errorf("setting IP_BIND_ADDRESS_NO_PORT: %w", sockErr)
-	}
-	return nil
 }

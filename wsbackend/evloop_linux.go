@@ -73,10 +73,13 @@ var (
 	evNext      atomic.Uint64
 )
 
-// EventLoopDisabled turns the event loop off for new connections (they are
-// relayed by two goroutines each instead). For comparison in benchmarks and
-// tests; set it before serving.
-var EventLoopDisabled bool
+// eventLoopOff is set by SetEventLoop(false).
+var eventLoopOff atomic.Bool
+
+// SetEventLoop turns the event loop on (the default) or off for connections
+// relayed from now on; off, each is relayed by two goroutines, as TLS
+// connections always are. For comparisons in benchmarks and tests.
+func SetEventLoop(on bool) { eventLoopOff.Store(!on) }
 
 func startEvLoops() {
 	n := runtime.GOMAXPROCS(0)
@@ -148,7 +151,7 @@ func takeFD(c net.Conn) (int, bool) {
 // startEventLoop hands the relay to an event loop if both of its
 // connections are plain TCP; it reports false (and changes nothing) if not.
 func (r *relay) startEventLoop() bool {
-	if EventLoopDisabled {
+	if eventLoopOff.Load() {
 		return false
 	}
 	if _, ok := r.client.(*net.TCPConn); !ok {

@@ -2,9 +2,9 @@
 
 package wsbackend
 
-// EventLoopDisabled has no effect here: the event loop is Linux-only, and
-// every connection is relayed by two goroutines.
-var EventLoopDisabled bool
+// SetEventLoop has no effect here: the event loop is Linux-only, and every
+// connection is relayed by two goroutines.
+func SetEventLoop(on bool) {}
 
 type evRelay struct{}
 

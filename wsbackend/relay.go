@@ -125,7 +125,7 @@ type pipe struct {
 
 func (p *pipe) init(r *relay, dst, src net.Conn, bytes *atomic.Uint64, toServer bool) {
 	p.r, p.dst, p.src, p.bytes, p.toServer = r, dst, src, bytes, toServer
-	if sc, ok := src.(syscall.Conn); ok {
+	if sc, ok := src.(syscall.Conn); ok && rawReads {
 		if raw, err := sc.SyscallConn(); err == nil {
 			p.raw = raw
 			p.readFn = p.readReady
@@ -219,31 +219,4 @@ func (p *pipe) read() (*[]byte, int, error) {
 	buf := p.buf
 	p.buf = nil
 	return buf, p.n, p.err
-}
-
-// readReady is the RawConn callback: it reads into a pooled buffer if bytes
-// are ready, and otherwise gives the buffer back and lets the runtime poller
-// wait for readability (returning false).
-func (p *pipe) readReady(fd uintptr) bool {
-	if p.buf == nil {
-		p.buf = getRelayBuf()
-	}
-	for {
-		n, err := syscall.Read(int(fd), *p.buf)
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			putRelayBuf(p.buf)
-			p.buf = nil
-			return false
-		case err != nil:
-			p.err = err
-		case n == 0:
-			p.err = io.EOF
-		default:
-			p.n = n
-		}
-		return true
-	}
 }

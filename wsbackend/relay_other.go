@@ -1,0 +1,8 @@
+//go:build !unix
+
+package wsbackend
+
+// rawReads is false here: pipes read through net.Conn with a pooled buffer.
+const rawReads = false
+
+func (p *pipe) readReady(fd uintptr) bool { return true }

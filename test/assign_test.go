@@ -230,7 +230,12 @@ func TestAssignBurstSpreadsEvenly(t *testing.T) {
 	const service = "ws-assign"
 	bs := startAssignBackends(t, 3, []token.Key{key.Pub}, client, service)
 	site := assignSite(consulSource(agent.Addr(), service), key.Path, "\t\tresponse json\n")
-	caddies := []*harness.Caddy{csCaddy(t, site), csCaddy(t, site)}
+	// The balancers run without the race detector (other assign tests run
+	// Caddy with it): the burst is about the spread at the speed the
+	// acceptance asks for, 3000 in one second, which a race-instrumented
+	// Ed25519 signer on two cores cannot reach.
+	bin := harness.CaddyBinaryNoRace(t)
+	caddies := []*harness.Caddy{harness.StartCaddyBinary(t, bin, site), harness.StartCaddyBinary(t, bin, site)}
 	waitAssignable(t, ctx, caddies, 3)
 
 	hc := assignClient(t)
@@ -242,14 +247,15 @@ func TestAssignBurstSpreadsEvenly(t *testing.T) {
 	t.Logf("ws_balancer assign mode: %d assignments in %s through 2 Caddy instances (assignment p50 %s, p99 %s; connection p50 %s, p99 %s); backends hold %v",
 		n, res.took.Round(time.Millisecond), percentile(res.latencies, 0.5), percentile(res.latencies, 0.99),
 		percentile(res.connects, 0.5), percentile(res.connects, 0.99), got)
-	// The acceptance bound holds for the burst as specified. A machine too
-	// slow to make it in time (the race detector on two cores takes 6 to 9
-	// s) spreads it over several report cycles, where each balancer acts on
-	// reports that miss the other's latest assignments; the simulation
-	// (wsbackend TestAssignSpreadSimulation) puts that at up to 15%, so
-	// only herding is checked then.
+	// The acceptance bound. Under the race detector the test's own clients
+	// and backends stretch the burst to 3-5 s (one or two report cycles),
+	// and the accounting still holds it (measured: within 7.3%). Only on a
+	// machine so loaded that the burst takes longer still, each balancer
+	// acts on reports that miss more of the other's assignments (the
+	// simulation in wsbackend puts that at up to 15%): then only herding
+	// is checked, at ±20%.
 	slack := int64(100)
-	if res.took > 2500*time.Millisecond {
+	if res.took > 5*time.Second {
 		slack = 200
 		t.Logf("the burst took %s, not about 1s: checking 1000 ± 20%% instead of ± 10%%", res.took.Round(time.Millisecond))
 	}

@@ -52,6 +52,7 @@ func main() {
 		tokenKeys = append(tokenKeys, path)
 		return nil
 	})
+	maxMessage := flag.Int64("max-message", 1<<20, "largest message accepted, in bytes; a client sending more is closed with 1009 (0: no limit)")
 	tokenAudience := flag.String("token-audience", "", "backend ID tokens must be bound to (default: the Consul service ID, or the advertised host:port)")
 	flag.Parse()
 
@@ -96,6 +97,9 @@ func main() {
 			return // the upgrader has answered the client
 		}
 		defer c.Close()
+		if *maxMessage > 0 {
+			c.SetReadLimit(*maxMessage) // gorilla closes with 1009 Message Too Big
+		}
 		conns.add(c)
 		defer conns.remove(c)
 		if *hello {

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	dto "github.com/prometheus/client_model/go"
 
@@ -62,16 +61,9 @@ func TestAssignCaddyfile(t *testing.T) {
 		{name: "still unknown", input: "ws_balancer {\n token_colour blue\n}", err: `unrecognized subdirective "token_colour"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("error %v, want one containing %q", err, tc.err)
-				}
+			h, ok := parseHandler(t, tc.input, tc.err)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if h.Mode != modeAssign || h.Assign == nil || *h.Assign != tc.want {
 				t.Fatalf("mode %q, assign %+v; want assign, %+v", h.Mode, h.Assign, tc.want)

@@ -55,16 +55,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "empty backends", input: "ws_balancer {\n backends\n}", err: "wrong argument count"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("error %v, want one containing %q", err, tc.err)
-				}
+			h, ok := parseHandler(t, tc.input, tc.err)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if strings.Join(h.Backends, ",") != strings.Join(tc.want.Backends, ",") {
 				t.Errorf("backends %v, want %v", h.Backends, tc.want.Backends)
@@ -112,4 +105,23 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		_ = h.Validate()
 		h.Cleanup()
 	})
+}
+
+// parseHandler parses a ws_balancer block. With wantErr set it checks that
+// parsing fails with an error containing it and reports false; otherwise it
+// fails the test on any error and returns the handler.
+func parseHandler(t *testing.T, input, wantErr string) (Handler, bool) {
+	t.Helper()
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("error %v, want one containing %q", err, wantErr)
+		}
+		return h, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, true
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -57,16 +56,9 @@ func TestUnmarshalOpsOptions(t *testing.T) {
 		{name: "bad idle", input: "ws_balancer {\n idle_timeout soon\n}", err: "not a valid duration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var h Handler
-			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("error %v, want one containing %q", err, tc.err)
-				}
+			h, ok := parseHandler(t, tc.input, tc.err)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if !reflect.DeepEqual(h.OpsConfig, tc.want) {
 				t.Errorf("got %+v, want %+v", h.OpsConfig, tc.want)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -188,17 +187,7 @@ func TestConsulResolvePlaceholders(t *testing.T) {
 // port, closed with the test.
 func startTestAgent(t *testing.T, token string, ports ...int) (*consultest.Agent, *api.Client) {
 	t.Helper()
-	a := consultest.New(consultest.Options{ACLToken: token})
-	if err := a.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
-	transport := &http.Transport{}
-	t.Cleanup(transport.CloseIdleConnections)
-	c, err := api.NewClient(&api.Config{Address: a.Addr(), Token: token, Transport: transport})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, c := consultest.StartTest(t, consultest.Options{ACLToken: token})
 	for _, p := range ports {
 		registerEcho(t, c, p, nil)
 	}

@@ -31,15 +31,8 @@ func testContext(t *testing.T) context.Context {
 // test, and returns it with a client that has its own transport.
 func startAgent(t *testing.T, opts consultest.Options) (*consultest.Agent, *api.Client) {
 	t.Helper()
-	a := consultest.New(opts)
-	if err := a.Start("127.0.0.1:0"); err != nil {
-		t.Fatalf("starting agent: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := a.Close(); err != nil {
-			t.Errorf("closing agent: %v", err)
-		}
-	})
+	a, _ := consultest.StartTest(t, opts)
+	// The client goes through this package's Config, as the watcher's does.
 	return a, newClient(t, Config{Address: a.Addr(), Token: opts.ACLToken})
 }
 

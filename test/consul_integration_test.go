@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,23 +42,7 @@ func csContext(t *testing.T, d time.Duration) context.Context {
 // returns a client for it with its own transport.
 func csStartAgent(t *testing.T, opts consultest.Options) (*consultest.Agent, *api.Client) {
 	t.Helper()
-	a := consultest.New(opts)
-	if err := a.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Close() })
-	return a, csClient(t, a.Addr(), opts.ACLToken)
-}
-
-func csClient(t *testing.T, addr, token string) *api.Client {
-	t.Helper()
-	transport := &http.Transport{}
-	t.Cleanup(transport.CloseIdleConnections)
-	c, err := api.NewClient(&api.Config{Address: addr, Token: token, Transport: transport})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return consultest.StartTest(t, opts)
 }
 
 // csBackendOptions shape a csBackend.

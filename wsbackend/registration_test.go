@@ -21,28 +21,7 @@ import (
 // startAgent starts a Consul test agent and returns a client for it.
 func startAgent(t *testing.T, opts consultest.Options) (*consultest.Agent, *api.Client) {
 	t.Helper()
-	a := consultest.New(opts)
-	if err := a.Start("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	cfg := api.DefaultConfig()
-	cfg.Address = a.Addr()
-	cfg.Token = opts.ACLToken
-	client, err := api.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a, client
-}
-
-func clientFor(t *testing.T, addr, token string) *api.Client {
-	t.Helper()
-	client, err := api.NewClient(&api.Config{Address: addr, Token: token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return client
+	return consultest.StartTest(t, opts)
 }
 
 // watchHealth follows /v1/health/service/name?passing with blocking queries
@@ -472,7 +451,7 @@ func TestRegisterErrors(t *testing.T) {
 			o.MinPublishInterval, o.RefreshAfter = time.Second, time.Millisecond
 		}, "RefreshAfter"},
 		{"wrong ACL token", func(o *RegistrationOptions) {
-			o.Client = clientFor(t, agent.Addr(), "wrong")
+			o.Client = consultest.NewTestClient(t, agent.Addr(), "wrong")
 		}, "403"},
 	}
 	for _, tt := range tests {

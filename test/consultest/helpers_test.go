@@ -31,23 +31,14 @@ func testContext(t *testing.T) context.Context {
 // and returns it with a client carrying opts.ACLToken.
 func startAgent(t *testing.T, opts consultest.Options) (*consultest.Agent, *api.Client) {
 	t.Helper()
-	a := consultest.New(opts)
-	if err := a.Start("127.0.0.1:0"); err != nil {
-		t.Fatalf("starting agent: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := a.Close(); err != nil {
-			t.Errorf("closing agent: %v", err)
-		}
-	})
-	return a, newClient(t, a.Addr(), opts.ACLToken)
+	return consultest.StartTest(t, opts)
 }
 
 // newClient returns a consul/api client for addr with its own transport, so
 // that tests do not share connections.
 func newClient(t *testing.T, addr, token string) *api.Client {
 	t.Helper()
-	return newClientWithTransport(t, addr, token, &http.Transport{})
+	return consultest.NewTestClient(t, addr, token)
 }
 
 // newOneShotClient returns a client that opens a connection per request.

@@ -104,6 +104,7 @@ type Assigner struct {
 	src        UpstreamSource
 	opts       AssignOptions
 	retryAfter string
+	share      shareEstimator
 }
 
 // Assignment is a backend chosen for a client, as /assign answers it.
@@ -186,6 +187,9 @@ func (a *Assigner) TTL() time.Duration { return a.opts.TTL }
 func (a *Assigner) Assign(subject string) (*Assignment, error) {
 	ups := a.src.Upstreams()
 	now := a.opts.Now()
+	if a.opts.Hold != NoAssignHold {
+		a.share.observe(ups)
+	}
 	var tried triedSet
 	skip := tried.has
 	var lastErr error

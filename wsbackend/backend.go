@@ -72,7 +72,7 @@ func (b *Backend) Live() int64 { return b.live.Load() }
 // the assignments' hold. Without a report it is this process's own count,
 // which is exact for a single balancer.
 func (b *Backend) Load() int64 {
-	live, held := b.live.Load(), b.assigned.count()
+	live, held := b.live.Load(), b.assigned.estimate()
 	r := b.report.Load()
 	if r == nil {
 		return live + held

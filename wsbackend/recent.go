@@ -1,6 +1,7 @@
 package wsbackend
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,7 @@ const (
 type recentCount struct {
 	// held is the number of assignments still counted.
 	held atomic.Int64
+
 	// next is the slot from which from must move on for time alone:
 	// from + the hold in slots.
 	next atomic.Int64
@@ -47,6 +49,11 @@ type recentCount struct {
 	covered int64
 	// hold and lag, in slots; see add.
 	hold, lag int64
+
+	// scale is the float64 bits of the factor estimate applies to held, to
+	// stand for the other balancers' assignments; 0 means 1. See
+	// shareEstimator.
+	scale atomic.Uint64
 
 	// now is the clock; nil means time.Now. Tests set it before first use.
 	now func() time.Time
@@ -96,6 +103,41 @@ func (c *recentCount) count() int64 {
 		c.mu.Unlock()
 	}
 	return c.held.Load()
+}
+
+// estimate is count scaled up for the assignments other balancers made
+// meanwhile, which this one cannot see until the backend reports them:
+// every assignment still counted here stands for itself and for the
+// scale-1 others made alongside it.
+func (c *recentCount) estimate() int64 {
+	n := c.count()
+	if n == 0 {
+		return 0
+	}
+	f := math.Float64frombits(c.scale.Load())
+	if f <= 1 {
+		return n
+	}
+	return int64(math.Ceil(float64(n) * f))
+}
+
+// setScale sets the factor of estimate.
+func (c *recentCount) setScale(f float64) { c.scale.Store(math.Float64bits(f)) }
+
+// madeBetween returns the number of assignments made in [from, to), as far
+// back as the ring reaches, whether or not they still count.
+func (c *recentCount) madeBetween(from, to time.Time) int64 {
+	lo, hi := slotOf(from), slotOf(to)
+	lo = max(lo, hi-recentBuckets+1)
+	var n int64
+	c.mu.Lock()
+	for s := lo; s < hi; s++ {
+		if b := c.bucket(s); b.slot == s {
+			n += b.n
+		}
+	}
+	c.mu.Unlock()
+	return n
 }
 
 // add counts one assignment made now, for at most hold, and until a report

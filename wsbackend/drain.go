@@ -26,12 +26,7 @@ func (u *Upstream) IsDraining() bool { return u.Draining || u.Drained() }
 func (b *Backend) CloseIdle(code uint16, reason string, before time.Time) int {
 	limit := before.UnixNano()
 	b.mu.Lock()
-	var victims []*relay
-	for r := range b.relays {
-		if r.lastActive.Load() < limit {
-			victims = append(victims, r)
-		}
-	}
+	victims := b.relays.collect(0, func(r *relay) bool { return r.lastActive.Load() < limit })
 	b.mu.Unlock()
 	for _, r := range victims {
 		r.closeWith(code, reason)

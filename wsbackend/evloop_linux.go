@@ -155,36 +155,32 @@ func takeFD(c net.Conn) (int, bool) {
 
 // startEventLoop hands the relay to an event loop if both of its
 // connections are plain TCP; it reports false (and changes nothing) if not.
-func (r *relay) startEventLoop() bool {
+func (r *relay) startEventLoop(client, backend net.Conn) bool {
 	if eventLoopOff.Load() {
 		return false
 	}
-	if _, ok := r.client.(*net.TCPConn); !ok {
+	if _, ok := client.(*net.TCPConn); !ok {
 		return false
 	}
-	if _, ok := r.backend.(*net.TCPConn); !ok {
+	if _, ok := backend.(*net.TCPConn); !ok {
 		return false
 	}
 	evLoopsOnce.Do(startEvLoops)
 	if evLoopsErr != nil || len(evLoops) == 0 {
 		return false
 	}
-	cfd, ok := takeFD(r.client)
+	cfd, ok := takeFD(client)
 	if !ok {
 		return false
 	}
-	sfd, ok := takeFD(r.backend)
+	sfd, ok := takeFD(backend)
 	if !ok {
 		// The client's Go conn is closed already: relay nothing, end.
 		unix.Close(cfd)
+		r.closing.Store(true) // not to be tracked
 		r.finish("taking over the backend socket failed")
 		return true
 	}
-	// Go's conns are closed: drop them so their descriptors' records and
-	// addresses can be collected.
-	r.client, r.backend = nil, nil
-	r.up.dst, r.up.src, r.up.raw, r.up.readFn = nil, nil, nil, nil
-	r.down.dst, r.down.src, r.down.raw, r.down.readFn = nil, nil, nil, nil
 	l := evLoops[evNext.Add(1)%uint64(len(evLoops))]
 	e := &evRelay{loop: l}
 	e.client = evSide{r: r, fd: cfd, peer: &e.server, in: &r.up}

@@ -266,7 +266,7 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	p.store.Acquire(b.Addr())
 	b.connsTotal.Add(1)
 	var rl *relay
-	rl = newRelay(client, backend, b, func(reason string) {
+	rl = newRelay(b, func(reason string) {
 		b.untrack(rl)
 		b.connClosed()
 		p.store.Release(b.Addr())
@@ -309,7 +309,7 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	if c := p.opts.Logger.Check(zapcore.DebugLevel, "websocket relaying"); c != nil {
 		c.Write(zap.String("backend", b.Addr()), zap.String("remote", client.RemoteAddr().String()))
 	}
-	rl.start()
+	rl.start(client, backend)
 	// Tracked once started, so that nothing can close it half set up; a
 	// relay that ended already is not tracked (see track).
 	b.track(rl)

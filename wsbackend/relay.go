@@ -14,68 +14,108 @@ import (
 // moving raw bytes, one per direction. Frames are not decoded; each pipe only
 // follows frame boundaries (frameTracker) so that when one side vanishes the
 // other can still be sent a proper close frame.
+//
+// A relay holds only what both ways of relaying need: an event loop (plain
+// TCP on Linux; see evloop_linux.go) or a pair of goroutines (goRelay) keeps
+// the rest. It is small because thousands of idle connections each hold one.
 type relay struct {
-	client, backend net.Conn
-	up, down        pipe // client to backend, backend to client
-	// ev is set when an event loop relays the connection instead of the
-	// pipes' goroutines (plain TCP on Linux; see evloop_linux.go).
+	up, down pipe // client to backend, backend to client
+	// ev is set when an event loop relays the connection; gr when two
+	// goroutines do. Exactly one is set once the relay has started.
 	ev atomic.Pointer[evRelay]
+	gr *goRelay
 
 	closing atomic.Bool
 	// lastActive is when a pipe last moved bytes (unix nanoseconds), for
 	// idle timeouts (Backend.CloseIdle).
 	lastActive atomic.Int64
-	running    atomic.Int32 // pipes still running; the last one out finishes
 	finish     func(reason string)
 
 	// endReason is set by the pipe that ended first.
 	endOnce   sync.Once
 	endReason string
+
+	// Links in the Backend's relayList, guarded by Backend.mu.
+	prev, next *relay
+	tracked    bool
+}
+
+// pipe is one direction's state shared by both ways of relaying.
+type pipe struct {
+	r        *relay
+	bytes    *atomic.Uint64
+	toServer bool // dst is the backend: injected frames must be masked
+	frames   frameTracker
 }
 
 // closeGrace bounds the write of a close frame injected into a connection
 // whose peer may have stopped reading.
 const closeGrace = time.Second
 
-func newRelay(client, backend net.Conn, b *Backend, finish func(reason string)) *relay {
-	r := &relay{client: client, backend: backend, finish: finish}
+func newRelay(b *Backend, finish func(reason string)) *relay {
+	r := &relay{finish: finish}
 	r.lastActive.Store(time.Now().UnixNano())
-	r.up.init(r, backend, client, &b.bytesUp, true)
-	r.down.init(r, client, backend, &b.bytesDown, false)
+	r.up = pipe{r: r, bytes: &b.bytesUp, toServer: true}
+	r.down = pipe{r: r, bytes: &b.bytesDown}
 	return r
 }
 
-// start runs both pipes in goroutines of their own and returns at once: the
+// start relays between client and backend and returns at once: the
 // handler's goroutine (with its deep middleware stack) is not kept for the
-// life of the connection.
-func (r *relay) start() {
-	if r.startEventLoop() {
+// life of the connection. Plain TCP goes to an event loop, anything else
+// (TLS) to two goroutines.
+func (r *relay) start(client, backend net.Conn) {
+	if r.startEventLoop(client, backend) {
 		return
 	}
-	r.running.Store(2)
-	go r.up.run()
-	go r.down.run()
-}
-
-// shutdown closes both connections once; the pipes then end on their own.
-func (r *relay) shutdown(reason string) {
-	r.endOnce.Do(func() { r.endReason = reason })
-	if r.closing.CompareAndSwap(false, true) {
-		r.client.Close()
-		r.backend.Close()
-	}
+	g := &goRelay{client: client, backend: backend}
+	g.up.init(&r.up, backend, client)
+	g.down.init(&r.down, client, backend)
+	g.running.Store(2)
+	r.gr = g
+	go g.up.run()
+	go g.down.run()
 }
 
 // closeWith sends each side a close frame where its stream is between frames
 // and no close frame went by yet, then shuts the relay down. It serves
-// graceful shutdown and draining.
+// graceful shutdown and draining. The relay must have started.
 func (r *relay) closeWith(code uint16, reason string) {
-	// Writes here can race with the pipes' own writes only after closing is
-	// set; pipes check it before every write, so take it first.
 	if ev := r.ev.Load(); ev != nil {
 		ev.closeWith(code, reason)
 		return
 	}
+	r.gr.closeWith(code, reason)
+}
+
+// side names the source (src true) or destination of this pipe.
+func (p *pipe) side(src bool) string {
+	if p.toServer == src {
+		return "client"
+	}
+	return "backend"
+}
+
+// goRelay relays a connection with one goroutine per direction.
+type goRelay struct {
+	client, backend net.Conn
+	up, down        goPipe
+	running         atomic.Int32 // pipes still running; the last one out finishes
+}
+
+// shutdown closes both connections once; the pipes then end on their own.
+func (g *goRelay) shutdown(r *relay, reason string) {
+	r.endOnce.Do(func() { r.endReason = reason })
+	if r.closing.CompareAndSwap(false, true) {
+		g.client.Close()
+		g.backend.Close()
+	}
+}
+
+func (g *goRelay) closeWith(code uint16, reason string) {
+	r := g.up.r
+	// Writes here can race with the pipes' own writes only after closing is
+	// set; pipes check it before every write, so take it first.
 	if !r.closing.CompareAndSwap(false, true) {
 		return
 	}
@@ -83,37 +123,34 @@ func (r *relay) closeWith(code uint16, reason string) {
 	// A pipe blocked writing to a peer that stopped reading holds its lock;
 	// the deadline frees it within closeGrace.
 	deadline := time.Now().Add(closeGrace)
-	r.client.SetWriteDeadline(deadline)
-	r.backend.SetWriteDeadline(deadline)
-	r.down.mu.Lock()
-	r.down.injectClose(code, reason)
-	r.down.mu.Unlock()
-	r.up.mu.Lock()
-	r.up.injectClose(code, reason)
-	r.up.mu.Unlock()
-	r.client.Close()
-	r.backend.Close()
+	g.client.SetWriteDeadline(deadline)
+	g.backend.SetWriteDeadline(deadline)
+	g.down.mu.Lock()
+	g.down.injectClose(code, reason)
+	g.down.mu.Unlock()
+	g.up.mu.Lock()
+	g.up.injectClose(code, reason)
+	g.up.mu.Unlock()
+	g.client.Close()
+	g.backend.Close()
 }
 
-func (r *relay) pipeDone() {
-	if r.running.Add(-1) == 0 {
+func (g *goRelay) pipeDone(r *relay) {
+	if g.running.Add(-1) == 0 {
 		r.finish(r.endReason)
 	}
 }
 
-// pipe copies one direction. While the source is idle it holds no buffer:
-// it waits for readability through syscall.RawConn and takes a pooled buffer
-// only when bytes are ready.
-type pipe struct {
-	r        *relay
+// goPipe copies one direction in a goroutine. While the source is idle it
+// holds no buffer: it waits for readability through syscall.RawConn and
+// takes a pooled buffer only when bytes are ready.
+type goPipe struct {
+	*pipe
 	dst, src net.Conn
 	raw      syscall.RawConn // nil when src cannot be waited on (TLS)
-	bytes    *atomic.Uint64
-	toServer bool // dst is the backend: injected frames must be masked
 
 	// mu serializes writes to dst between the pipe and closeWith.
-	mu     sync.Mutex
-	frames frameTracker
+	mu sync.Mutex
 
 	// State of the RawConn read callback, reused across reads so that no
 	// closure is allocated per read.
@@ -123,8 +160,8 @@ type pipe struct {
 	readFn func(fd uintptr) bool
 }
 
-func (p *pipe) init(r *relay, dst, src net.Conn, bytes *atomic.Uint64, toServer bool) {
-	p.r, p.dst, p.src, p.bytes, p.toServer = r, dst, src, bytes, toServer
+func (p *goPipe) init(shared *pipe, dst, src net.Conn) {
+	p.pipe, p.dst, p.src = shared, dst, src
 	if sc, ok := src.(syscall.Conn); ok && rawReads {
 		if raw, err := sc.SyscallConn(); err == nil {
 			p.raw = raw
@@ -133,8 +170,9 @@ func (p *pipe) init(r *relay, dst, src net.Conn, bytes *atomic.Uint64, toServer 
 	}
 }
 
-func (p *pipe) run() {
-	defer p.r.pipeDone()
+func (p *goPipe) run() {
+	g := p.r.gr
+	defer g.pipeDone(p.r)
 	for {
 		buf, n, err := p.read()
 		if n > 0 {
@@ -151,7 +189,7 @@ func (p *pipe) run() {
 			p.bytes.Add(uint64(n))
 			p.r.lastActive.Store(time.Now().UnixNano())
 			if werr != nil {
-				p.r.shutdown(p.side(false) + " write failed")
+				g.shutdown(p.r, p.side(false)+" write failed")
 				return
 			}
 		} else if buf != nil {
@@ -167,7 +205,7 @@ func (p *pipe) run() {
 // srcEnded handles the end of the source: unless the relay is already
 // closing, the destination gets a close frame if one can be sent cleanly
 // (1001 when the source closed, 1011 when it failed), then both close.
-func (p *pipe) srcEnded(err error) {
+func (p *goPipe) srcEnded(err error) {
 	if p.r.closing.Load() {
 		return
 	}
@@ -178,12 +216,12 @@ func (p *pipe) srcEnded(err error) {
 	p.mu.Lock()
 	p.injectClose(code, reason)
 	p.mu.Unlock()
-	p.r.shutdown(reason)
+	p.r.gr.shutdown(p.r, reason)
 }
 
 // injectClose writes a close frame to dst when the stream is between frames
 // and has not carried a close frame yet. Caller holds p.mu.
-func (p *pipe) injectClose(code uint16, reason string) {
+func (p *goPipe) injectClose(code uint16, reason string) {
 	if !p.frames.atBoundary() || p.frames.closeSeen {
 		return
 	}
@@ -193,16 +231,8 @@ func (p *pipe) injectClose(code uint16, reason string) {
 	}
 }
 
-// side names the source (src true) or destination of this pipe.
-func (p *pipe) side(src bool) string {
-	if p.toServer == src {
-		return "client"
-	}
-	return "backend"
-}
-
 // read returns the next bytes from src in a pooled buffer.
-func (p *pipe) read() (*[]byte, int, error) {
+func (p *goPipe) read() (*[]byte, int, error) {
 	if p.raw == nil {
 		buf := getRelayBuf()
 		n, err := p.src.Read(*buf)

@@ -5,4 +5,4 @@ package wsbackend
 // rawReads is false here: pipes read through net.Conn with a pooled buffer.
 const rawReads = false
 
-func (p *pipe) readReady(fd uintptr) bool { return true }
+func (p *goPipe) readReady(fd uintptr) bool { return true }

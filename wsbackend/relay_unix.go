@@ -14,7 +14,7 @@ const rawReads = true
 // readReady is the RawConn callback: it reads into a pooled buffer if bytes
 // are ready, and otherwise gives the buffer back and lets the runtime poller
 // wait for readability (returning false).
-func (p *pipe) readReady(fd uintptr) bool {
+func (p *goPipe) readReady(fd uintptr) bool {
 	if p.buf == nil {
 		p.buf = getRelayBuf()
 	}

@@ -47,6 +47,7 @@ type evLoop struct {
 	// where a map cost ~100 per entry (~0.2 KB per connection).
 	sides []*evSide
 	buf   []byte
+	now   int64 // unix nanoseconds at the start of the current batch
 }
 
 // evSide is one socket of a relayed connection.
@@ -249,6 +250,9 @@ func (l *evLoop) run() {
 			}
 			panic("ws_balancer event loop: epoll_wait: " + werr.Error())
 		}
+		// One clock read per batch: activity times are for idle timeouts
+		// of minutes, and a read per message is a visible cost.
+		l.now = time.Now().UnixNano()
 		for i := range n {
 			ev := &events[i]
 			if int(ev.Fd) == l.wakefd {
@@ -304,7 +308,7 @@ func (l *evLoop) handle(s *evSide, events uint32) {
 	p := s.in
 	p.frames.observe(l.buf[:n])
 	p.bytes.Add(uint64(n))
-	s.r.lastActive.Store(time.Now().UnixNano())
+	s.r.lastActive.Store(l.now)
 	l.send(s.peer, l.buf[:n])
 }
 

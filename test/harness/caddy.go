@@ -30,7 +30,7 @@ type binary struct {
 }
 
 var (
-	caddyRace, caddyPlain, wsecho binary
+	caddyRace, caddyPlain, wsecho, assignBurst binary
 )
 
 func (b *binary) build(t testing.TB, pkg string, race bool) string {
@@ -86,6 +86,13 @@ func CaddyBinaryNoRace(t testing.TB) string {
 func WSEchoBinary(t testing.TB) string {
 	t.Helper()
 	return wsecho.build(t, "./cmd/wsecho", false)
+}
+
+// AssignBurstBinary returns the path of test/assignburst, the assign-mode
+// burst client, built without the race detector.
+func AssignBurstBinary(t testing.TB) string {
+	t.Helper()
+	return assignBurst.build(t, "./test/assignburst", false)
 }
 
 // RepoRoot is the module's root directory.

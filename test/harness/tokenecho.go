@@ -188,6 +188,21 @@ type SigningKey struct {
 	Pub  token.Key // the verification key, kid derived
 }
 
+// WritePublicKey writes k's public key as a PKIX PEM file, as backends hold
+// it, and returns its path.
+func (k SigningKey) WritePublicKey(t testing.TB) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(k.Priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "assign.pub")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // WriteSigningKey writes a fresh Ed25519 signing key into a temporary
 // directory of t.
 func WriteSigningKey(t testing.TB) SigningKey {

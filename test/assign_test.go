@@ -177,15 +177,6 @@ func burst(t *testing.T, ctx context.Context, n, conc int, d time.Duration, assi
 	return res
 }
 
-func percentile(ds []time.Duration, p float64) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[min(len(s)-1, int(float64(len(s))*p))]
-}
-
 func tokenLives(bs []*harness.TokenEcho) []int64 {
 	out := make([]int64, len(bs))
 	for i, b := range bs {
@@ -781,22 +772,11 @@ func (e *echoProcess) getJSON(t *testing.T, path string, v any) {
 	}
 }
 
-// assignBurstResult is test/assignburst's report.
-type assignBurstResult struct {
-	Took       time.Duration `json:"took"`
-	AssignP50  time.Duration `json:"assign_p50"`
-	AssignP99  time.Duration `json:"assign_p99"`
-	ConnectP50 time.Duration `json:"connect_p50"`
-	ConnectP99 time.Duration `json:"connect_p99"`
-	Failures   int64         `json:"failures"`
-	FirstError string        `json:"first_error"`
-}
-
 // runAssignBurst runs test/assignburst against the caddies' /assign, n
 // assignments from conc goroutines over d, and returns its report once
 // every client has connected and echoed. The clients hold their
 // connections until release is called (or the test ends).
-func runAssignBurst(t *testing.T, caddies []*harness.Caddy, n, conc int, d time.Duration) (*assignBurstResult, func()) {
+func runAssignBurst(t *testing.T, caddies []*harness.Caddy, n, conc int, d time.Duration) (*harness.AssignBurstResult, func()) {
 	t.Helper()
 	var urls []string
 	for _, c := range caddies {
@@ -833,7 +813,7 @@ func runAssignBurst(t *testing.T, caddies []*harness.Caddy, n, conc int, d time.
 		})
 	}
 	t.Cleanup(release)
-	var res assignBurstResult
+	var res harness.AssignBurstResult
 	if err := json.NewDecoder(stdout).Decode(&res); err != nil {
 		release()
 		t.Fatalf("assignburst: %v\n%s", err, stderr.String())

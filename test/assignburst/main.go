@@ -21,7 +21,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,25 +28,9 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
-
-// Result is the line assignburst prints.
-type Result struct {
-	Took        time.Duration  `json:"took"`
-	AssignP50   time.Duration  `json:"assign_p50"`
-	AssignP99   time.Duration  `json:"assign_p99"`
-	ConnectP50  time.Duration  `json:"connect_p50"`
-	ConnectP99  time.Duration  `json:"connect_p99"`
-	Failures    int64          `json:"failures"`
-	FirstError  string         `json:"first_error,omitempty"`
-	ByBackend   map[string]int `json:"by_backend"`
-	Connected   int            `json:"connected"`
-	Assignments int            `json:"assignments"`
-	AssignURLs  []string       `json:"assign_urls"`
-	Concurrency int            `json:"concurrency"`
-	PacedOver   time.Duration  `json:"paced_over"`
-}
 
 func main() {
 	assign := flag.String("assign", "", "comma-separated /assign URLs, used in turn")
@@ -80,7 +63,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, urls []string, n, conc int, over time.Duration) (*Result, []*websocket.Conn) {
+func run(ctx context.Context, urls []string, n, conc int, over time.Duration) (*harness.AssignBurstResult, []*websocket.Conn) {
 	hc := &http.Client{
 		Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc},
 		Timeout:   30 * time.Second,
@@ -138,12 +121,11 @@ func run(ctx context.Context, urls []string, n, conc int, over time.Duration) (*
 	took := time.Since(start)
 	dials.Wait()
 
-	res := &Result{
+	res := &harness.AssignBurstResult{
 		Took:      took,
-		AssignP50: percentile(latencies, 0.5), AssignP99: percentile(latencies, 0.99),
-		ConnectP50: percentile(connects, 0.5), ConnectP99: percentile(connects, 0.99),
+		AssignP50: harness.Percentile(latencies, 0.5), AssignP99: harness.Percentile(latencies, 0.99),
+		ConnectP50: harness.Percentile(connects, 0.5), ConnectP99: harness.Percentile(connects, 0.99),
 		Failures: failures.Load(), ByBackend: map[string]int{},
-		Assignments: n, AssignURLs: urls, Concurrency: conc, PacedOver: over,
 	}
 	if p := firstErr.Load(); p != nil {
 		res.FirstError = *p
@@ -175,13 +157,4 @@ func echo(c *websocket.Conn) error {
 	c.SetReadDeadline(time.Time{})
 	c.SetWriteDeadline(time.Time{})
 	return nil
-}
-
-func percentile(ds []time.Duration, p float64) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[min(len(s)-1, int(float64(len(s))*p))]
 }

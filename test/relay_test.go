@@ -20,11 +20,31 @@ import (
 // the forwarded request.
 func TestRelayFaithful(t *testing.T) {
 	t.Parallel()
+	// Plain TCP clients are relayed by the event loop, TLS clients (an
+	// HTTPS site) by the goroutine pair, which waits for an idle TLS client
+	// holding only a small buffer: both must pass every case.
+	for _, tls := range []bool{false, true} {
+		name := "ws"
+		if tls {
+			name = "wss"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			relayFaithful(t, tls)
+		})
+	}
+}
+
+func relayFaithful(t *testing.T, tls bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	closer := harness.StartEcho(t, harness.EchoOptions{CloseWith: &harness.CloseInfo{Code: 4001, Text: "backend says bye"}})
 	plain := harness.StartEcho(t, harness.EchoOptions{Subprotocols: []string{"chat.v2", "chat.v1"}})
-	caddy := harness.StartCaddy(t, "\thandle /close* {\n"+site([]*harness.EchoBackend{closer}, "")+"\t}\n"+
+	start := harness.StartCaddy
+	if tls {
+		start = harness.StartCaddyTLS
+	}
+	caddy := start(t, "\thandle /close* {\n"+site([]*harness.EchoBackend{closer}, "")+"\t}\n"+
 		"\thandle {\n"+site([]*harness.EchoBackend{plain}, "")+"\t}\n")
 
 	dial := func(t *testing.T, d *websocket.Dialer, path string, h http.Header) (*websocket.Conn, *http.Response) {
@@ -52,6 +72,12 @@ func TestRelayFaithful(t *testing.T) {
 		{"fragmented", websocket.BinaryMessage, 100_000, 1000, false},
 		{"fragmented text", websocket.TextMessage, 10_000, 7, false},
 		{"deflate", websocket.TextMessage, 200_000, 0, true},
+		// Around the TLS relay's small read buffer (1 KB): payloads whose
+		// frames end just short of it, on it and just past it.
+		{"1022 B", websocket.BinaryMessage, 1022 - 4, 0, false},
+		{"1024 B", websocket.BinaryMessage, 1024 - 4, 0, false},
+		{"1026 B", websocket.BinaryMessage, 1026 - 4, 0, false},
+		{"1 KB frames", websocket.BinaryMessage, 64 << 10, 1020, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := *harness.Dialer
@@ -187,6 +213,10 @@ func TestRelayFaithful(t *testing.T) {
 	})
 
 	t.Run("forwarded request", func(t *testing.T) {
+		proto := "http"
+		if tls {
+			proto = "https"
+		}
 		h := http.Header{
 			"Origin":        {"https://app.example"},
 			"Cookie":        {"session=abc"},
@@ -201,7 +231,7 @@ func TestRelayFaithful(t *testing.T) {
 			"Cookie":            "session=abc",
 			"Authorization":     "Bearer xyz",
 			"X-Forwarded-For":   "127.0.0.1",
-			"X-Forwarded-Proto": "http",
+			"X-Forwarded-Proto": proto,
 			"X-Forwarded-Host":  caddy.Addr(),
 		} {
 			if got := r.Header.Get(name); got != want {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -158,7 +159,20 @@ type goPipe struct {
 	n      int
 	err    error
 	readFn func(fd uintptr) bool
+
+	// small is what a source without RawConn (TLS) waits with; see
+	// readBlocking.
+	small *[smallReadSize]byte
 }
+
+// smallReadSize is the buffer a TLS source is read into while it may be
+// idle: it bounds what an idle TLS connection holds (not a pooled 32 KB
+// buffer), and most WebSocket messages fit.
+const smallReadSize = 1024
+
+// aLongTimeAgo is a read deadline that has passed: a read then returns
+// only what is buffered already.
+var aLongTimeAgo = time.Unix(1, 0)
 
 func (p *goPipe) init(shared *pipe, dst, src net.Conn) {
 	p.pipe, p.dst, p.src = shared, dst, src
@@ -166,8 +180,10 @@ func (p *goPipe) init(shared *pipe, dst, src net.Conn) {
 		if raw, err := sc.SyscallConn(); err == nil {
 			p.raw = raw
 			p.readFn = p.readReady
+			return
 		}
 	}
+	p.small = new([smallReadSize]byte)
 }
 
 func (p *goPipe) run() {
@@ -234,9 +250,7 @@ func (p *goPipe) injectClose(code uint16, reason string) {
 // read returns the next bytes from src in a pooled buffer.
 func (p *goPipe) read() (*[]byte, int, error) {
 	if p.raw == nil {
-		buf := getRelayBuf()
-		n, err := p.src.Read(*buf)
-		return buf, n, err
+		return p.readBlocking()
 	}
 	p.n, p.err = 0, nil
 	if err := p.raw.Read(p.readFn); err != nil {
@@ -249,4 +263,32 @@ func (p *goPipe) read() (*[]byte, int, error) {
 	buf := p.buf
 	p.buf = nil
 	return buf, p.n, p.err
+}
+
+// readBlocking reads a source that cannot be waited on without reading
+// (TLS: the socket's readiness says nothing of the records the TLS layer
+// has buffered already). It waits in a read into the pipe's small buffer,
+// so that an idle connection holds 1 KB instead of a pooled 32 KB one. When
+// that fills, it takes what the TLS layer holds beyond it into the pooled
+// buffer with a read whose deadline has passed: it returns at once with the
+// buffered bytes, or a timeout, which the TLS layer does not keep as an
+// error.
+func (p *goPipe) readBlocking() (*[]byte, int, error) {
+	n, err := p.src.Read(p.small[:])
+	buf := getRelayBuf()
+	copy(*buf, p.small[:n])
+	if err != nil || n < len(p.small) {
+		return buf, n, err
+	}
+	if p.src.SetReadDeadline(aLongTimeAgo) != nil {
+		return buf, n, nil
+	}
+	m, err := p.src.Read((*buf)[n:])
+	if derr := p.src.SetReadDeadline(time.Time{}); derr != nil && err == nil {
+		err = derr
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil
+	}
+	return buf, n + m, err
 }

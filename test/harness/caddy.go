@@ -3,6 +3,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -126,8 +127,11 @@ type Caddy struct {
 	dir       string
 	HTTPPort  int
 	AdminPort int
-	log       *syncBuffer
-	done      chan struct{}
+	// TLS: the site is served over HTTPS with Caddy's internal CA
+	// (StartCaddyTLS); URL gives wss:// URLs.
+	TLS  bool
+	log  *syncBuffer
+	done chan struct{}
 }
 
 // SiteConfig is the body of the test site; {backends} and the like are
@@ -141,10 +145,23 @@ func StartCaddy(t testing.TB, siteBody string) *Caddy {
 	return StartCaddyBinary(t, CaddyBinary(t), siteBody)
 }
 
+// StartCaddyTLS is StartCaddy with the site served over HTTPS (a
+// certificate from Caddy's internal CA, which clients must not verify:
+// Dialer skips verification for it).
+func StartCaddyTLS(t testing.TB, siteBody string) *Caddy {
+	t.Helper()
+	return startCaddy(t, CaddyBinary(t), siteBody, true)
+}
+
 // StartCaddyBinary is StartCaddy with a given Caddy binary.
 func StartCaddyBinary(t testing.TB, bin, siteBody string) *Caddy {
 	t.Helper()
-	c := &Caddy{t: t, HTTPPort: FreePort(t), AdminPort: FreePort(t), log: new(syncBuffer), done: make(chan struct{})}
+	return startCaddy(t, bin, siteBody, false)
+}
+
+func startCaddy(t testing.TB, bin, siteBody string, tls bool) *Caddy {
+	t.Helper()
+	c := &Caddy{t: t, HTTPPort: FreePort(t), AdminPort: FreePort(t), TLS: tls, log: new(syncBuffer), done: make(chan struct{})}
 	c.dir = t.TempDir()
 	if err := os.WriteFile(c.configPath(), []byte(c.Caddyfile(siteBody)), 0o644); err != nil {
 		t.Fatal(err)
@@ -165,10 +182,16 @@ func StartCaddyBinary(t testing.TB, bin, siteBody string) *Caddy {
 
 // Caddyfile is the whole config StartCaddy uses for siteBody.
 func (c *Caddy) Caddyfile(siteBody string) string {
+	https, scheme, tls := "auto_https off", "http", ""
+	if c.TLS {
+		// Explicit https site with the internal CA; no redirect listener
+		// on :80, no trust store changes.
+		https, scheme, tls = "auto_https disable_redirects\n\tskip_install_trust", "https", "\ttls internal\n"
+	}
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	order ws_balancer before respond
-	auto_https off
+	%s
 	persist_config off
 	grace_period 1s
 	servers {
@@ -178,11 +201,11 @@ func (c *Caddy) Caddyfile(siteBody string) string {
 	}
 }
 
-http://127.0.0.1:%d {
+%s://127.0.0.1:%d {
 	bind 127.0.0.1
-%s
+%s%s
 }
-`, c.AdminPort, c.HTTPPort, siteBody)
+`, c.AdminPort, https, scheme, c.HTTPPort, tls, siteBody)
 }
 
 func (c *Caddy) configPath() string { return filepath.Join(c.dir, "Caddyfile") }
@@ -197,8 +220,18 @@ func (c *Caddy) waitReady() {
 		default:
 		}
 		conn, err := net.DialTimeout("tcp", c.Addr(), 200*time.Millisecond)
-		if err == nil {
+		if err == nil && c.TLS {
+			// Listening is not enough: the internal CA issues the site's
+			// certificate in the background, and until then handshakes
+			// fail.
+			tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true, ServerName: "127.0.0.1"})
+			tc.SetDeadline(time.Now().Add(time.Second))
+			err = tc.Handshake()
+		}
+		if conn != nil {
 			conn.Close()
+		}
+		if err == nil {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -209,8 +242,13 @@ func (c *Caddy) waitReady() {
 // Addr is the site's host:port.
 func (c *Caddy) Addr() string { return "127.0.0.1:" + strconv.Itoa(c.HTTPPort) }
 
-// URL is the site's ws:// URL for path.
-func (c *Caddy) URL(path string) string { return "ws://" + c.Addr() + path }
+// URL is the site's ws:// (wss:// with TLS) URL for path.
+func (c *Caddy) URL(path string) string {
+	if c.TLS {
+		return "wss://" + c.Addr() + path
+	}
+	return "ws://" + c.Addr() + path
+}
 
 // Log returns what Caddy has logged so far.
 func (c *Caddy) Log() string { return c.log.String() }

@@ -56,6 +56,7 @@ type config struct {
 	maxOthers    float64
 	waitIdle     time.Duration
 	idleCores    float64
+	tls          bool
 }
 
 func main() {
@@ -84,6 +85,7 @@ func main() {
 	flag.IntVar(&cfg.redo, "redo-disturbed", 2, "measure a target's repetition again, up to this many times, when other processes used more than -max-others cores during it")
 	flag.Float64Var(&cfg.maxOthers, "max-others", 0.25, "CPU cores other processes may use during a measurement before it counts as disturbed")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (configs, proxy logs)")
+	flag.BoolVar(&cfg.tls, "tls", false, "clients connect to the proxies over TLS (wss://): Caddy with its internal CA, HAProxy and nginx with a self-signed certificate; backends stay plain, direct stays ws://")
 	flag.Parse()
 
 	switch cfg.role {
@@ -247,6 +249,12 @@ func runBench(cfg config) int {
 
 	// Resolve the binaries; skip the targets that cannot run, saying why.
 	var tl tools
+	if cfg.tls {
+		if tl.tls, err = writeSelfSigned(workdir); err != nil {
+			logf("making the TLS certificate: %v", err)
+			return 1
+		}
+	}
 	skipped := map[string]string{}
 	wantCaddy := contains(targets, tWSBalancer) || contains(targets, tReverseProxy)
 	if wantCaddy {
@@ -715,8 +723,12 @@ func report(cfg config, run []string, skipped map[string]string, results, discar
 	var b strings.Builder
 	fmt.Fprintf(&b, "## WebSocket proxy benchmark\n\n")
 	fmt.Fprintf(&b, "Command: `%s`\n\n", commandLine())
-	fmt.Fprintf(&b, "%d connections held per target, %d echo rounds of %d B + 1 ping round, %d repetitions (medians below), dial concurrency %d, %d backend port(s), %d client source addresses; took %s.\n\n",
-		cfg.conns, cfg.rounds, cfg.msgSize, cfg.reps, cfg.dialConc, cfg.backends, cfg.srcIPs, elapsed.Round(time.Second))
+	over := "plain TCP"
+	if cfg.tls {
+		over = "TLS from the clients to the proxies (TLS 1.3, full handshakes)"
+	}
+	fmt.Fprintf(&b, "%d connections held per target over %s, %d echo rounds of %d B + 1 ping round, %d repetitions (medians below), dial concurrency %d, %d backend port(s), %d client source addresses; took %s.\n\n",
+		cfg.conns, over, cfg.rounds, cfg.msgSize, cfg.reps, cfg.dialConc, cfg.backends, cfg.srcIPs, elapsed.Round(time.Second))
 	if interrupted != "" {
 		fmt.Fprintf(&b, "**Incomplete:** %s.\n\n", interrupted)
 	}

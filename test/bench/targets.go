@@ -227,11 +227,14 @@ func childEnv(extra []string) []string {
 // tools holds the paths of the proxy binaries found or built.
 type tools struct {
 	caddy, haproxy, nginx string
+	// tls, when set, serves the proxies over TLS (-tls).
+	tls *tlsFiles
 }
 
 // proxyProc is a proxy started under a guard process (see runGuard).
 type proxyProc struct {
 	name     string
+	tls      bool
 	guard    *exec.Cmd
 	guardIn  io.WriteCloser
 	pgid     int    // the proxy's pid, leader of its own process group
@@ -245,7 +248,12 @@ type proxyProc struct {
 // pid returns the proxy's pid (= its process group id).
 func (p *proxyProc) pid() int { return p.pgid }
 
-func (p *proxyProc) url() string { return "ws://" + p.addr + "/" }
+func (p *proxyProc) url() string {
+	if p.tls {
+		return "wss://" + p.addr + "/"
+	}
+	return "ws://" + p.addr + "/"
+}
 
 // stop sends SIGTERM to the proxy's process group, waits up to 5 s for the
 // proxy to exit, then SIGKILLs the group (leftover workers included).
@@ -359,18 +367,32 @@ type tmplData struct {
 	MaxConn   uint64
 	NoFile    uint64
 	Threads   int
+	TLS       *tlsFiles
 }
 
+// CertFile, KeyFile and CombinedFile are the -tls certificate's files.
+func (d tmplData) CertFile() string     { return d.TLS.cert }
+func (d tmplData) KeyFile() string      { return d.TLS.key }
+func (d tmplData) CombinedFile() string { return d.TLS.combined }
+
 func (d tmplData) BackendList() string { return strings.Join(d.Backends, " ") }
+
+// caddyTLS: with -tls, sites serve HTTPS with a certificate from Caddy's
+// internal CA; otherwise plain HTTP.
+const caddyGlobalHTTPS = `{{if .TLS}}	auto_https disable_redirects
+	skip_install_trust{{else}}	auto_https off{{end}}`
+
+const caddySiteAddr = `{{if .TLS}}https://127.0.0.1:{{.Port}}{{else}}:{{.Port}}{{end}} {
+	bind 127.0.0.1{{if .TLS}}
+	tls internal{{end}}`
 
 var caddyWSBalancerTmpl = template.Must(template.New("ws_balancer").Parse(`{
 	admin 127.0.0.1:{{.AdminPort}}
 	order ws_balancer before reverse_proxy
-	auto_https off
+` + caddyGlobalHTTPS + `
 	persist_config off
 }
-:{{.Port}} {
-	bind 127.0.0.1
+` + caddySiteAddr + `
 	ws_balancer {
 		backends {{.BackendList}}
 	}
@@ -379,11 +401,10 @@ var caddyWSBalancerTmpl = template.Must(template.New("ws_balancer").Parse(`{
 
 var caddyReverseProxyTmpl = template.Must(template.New("reverse_proxy").Parse(`{
 	admin 127.0.0.1:{{.AdminPort}}
-	auto_https off
+` + caddyGlobalHTTPS + `
 	persist_config off
 }
-:{{.Port}} {
-	bind 127.0.0.1
+` + caddySiteAddr + `
 	reverse_proxy {{.BackendList}} {
 		lb_policy least_conn
 	}
@@ -404,7 +425,7 @@ defaults
 	timeout tunnel 1h
 
 frontend fe
-	bind 127.0.0.1:{{.Port}}
+	bind 127.0.0.1:{{.Port}}{{if .TLS}} ssl crt {{.CombinedFile}}{{end}}
 	default_backend be
 
 backend be
@@ -445,7 +466,9 @@ http {
 	}
 
 	server {
-		listen 127.0.0.1:{{.Port}} backlog=4096;
+		listen 127.0.0.1:{{.Port}}{{if .TLS}} ssl{{end}} backlog=4096;{{if .TLS}}
+		ssl_certificate {{.CertFile}};
+		ssl_certificate_key {{.KeyFile}};{{end}}
 		location / {
 			proxy_pass http://be;
 			proxy_http_version 1.1;
@@ -480,7 +503,7 @@ func startProxy(name string, tl tools, workdir string, backends []string, nofile
 	}
 	d := tmplData{
 		Port: port, AdminPort: admin, Backends: backends, Dir: dir,
-		MaxConn: maxConn, NoFile: nofile, Threads: 2,
+		MaxConn: maxConn, NoFile: nofile, Threads: 2, TLS: tl.tls,
 	}
 
 	var (
@@ -550,7 +573,7 @@ func startProxy(name string, tl tools, workdir string, backends []string, nofile
 	if err := startChild(g); err != nil {
 		return nil, err
 	}
-	p := &proxyProc{name: name, guard: g, guardIn: stdin, addr: "127.0.0.1:" + strconv.Itoa(port), logPath: logPath, exited: make(chan struct{})}
+	p := &proxyProc{name: name, tls: tl.tls != nil, guard: g, guardIn: stdin, addr: "127.0.0.1:" + strconv.Itoa(port), logPath: logPath, exited: make(chan struct{})}
 	pidc := make(chan int, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)

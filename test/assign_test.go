@@ -247,15 +247,12 @@ func TestAssignBurstSpreadsEvenly(t *testing.T) {
 	if res.Failures > 0 {
 		t.Fatalf("burst: %d failures, first: %s", res.Failures, res.FirstError)
 	}
-	// A machine too busy to make 3000 assignments in about a second spans
-	// a report cycle, where the balancers act on reports that miss part of
-	// each other's assignments (the simulation in wsbackend puts such
-	// bursts at up to 15%); then only herding (50-90% off) is checked.
-	slack := int64(100)
-	if res.Took > 2500*time.Millisecond {
-		slack = 200
-		t.Logf("the burst took %s, not about 1s: checking 1000 ± 20%% instead of ± 10%%", res.Took.Round(time.Millisecond))
-	}
+	// A machine too busy to make 3000 assignments in about a second
+	// stretches the burst over a report cycle, where reports reach the two
+	// balancers at different times; the share estimate and the growth
+	// covering keep that within the same bound (wsbackend's simulation:
+	// under 3% for bursts of 2.4 to 10 s).
+	const slack = 100
 	var sum int64
 	for i, c := range got {
 		sum += c

@@ -514,6 +514,7 @@ func TestAssignSpreadSimulation(t *testing.T) {
 		{"3000 in 1s, 2 balancers, 0/0/0", 2, []int64{0, 0, 0}, 3000, 0, 0, 0},
 		{"3000 in 1s, 8 balancers, 0/0/0", 8, []int64{0, 0, 0}, 3000, 0, 0, 0},
 		{"3000 in 10s, 2 balancers, 0/0/0", 2, []int64{0, 0, 0}, 3000, 10 * time.Second, 0, 0},
+		{"3000 in 2.4s, 2 balancers, 0/0/0, connect ≤ 180ms", 2, []int64{0, 0, 0}, 3000, 2400 * time.Millisecond, 180 * time.Millisecond, 0},
 		{"3000 in 2.8s, 2 balancers, 0/0/0, connect ≤ 160ms", 2, []int64{0, 0, 0}, 3000, 2800 * time.Millisecond, 160 * time.Millisecond, 0},
 		{"3000 in 5s, 2 balancers, 0/0/0, connect ≤ 100ms", 2, []int64{0, 0, 0}, 3000, 5 * time.Second, 100 * time.Millisecond, 0},
 		{"3000 in 6.6s, 2 balancers, 0/0/0, connect ≤ 1s", 2, []int64{0, 0, 0}, 3000, 6600 * time.Millisecond, time.Second, 0},
@@ -549,11 +550,12 @@ func TestAssignSpreadSimulation(t *testing.T) {
 	if w := results[0][def]; w > 0.10 {
 		t.Errorf("default policy: worst deviation %.1f%% in %q, want within 10%%", 100*w, scenarios[0].name)
 	}
-	// Bursts that span a report interval: the integration test's fallback
-	// bound when the machine stretches its burst.
-	for si := 3; si <= 6; si++ {
-		if w := results[si][def]; w > 0.20 {
-			t.Errorf("default policy: worst deviation %.1f%% in %q, want within 20%%", 100*w, scenarios[si].name)
+	// Bursts that span report intervals, where reports reach the
+	// balancers at different times (a busy machine stretches the
+	// integration test's burst into these).
+	for si := 2; si <= 7; si++ {
+		if w := results[si][def]; w > 0.10 {
+			t.Errorf("default policy: worst deviation %.1f%% in %q, want within 10%%", 100*w, scenarios[si].name)
 		}
 	}
 	if w := results[0][0]; w < 0.5 {

@@ -103,8 +103,13 @@ func (b *Backend) Reported() (connections int64, at time.Time, ok bool) {
 // with the same version is ignored, so that this process's baseline is
 // taken only once per report.
 func (b *Backend) ObserveReport(connections, capacity int64, version uint64, now time.Time) {
-	if r := b.report.Load(); r != nil && r.version == version && r.connections == connections && r.capacity == capacity {
+	prev := b.report.Load()
+	if prev != nil && prev.version == version && prev.connections == connections && prev.capacity == capacity {
 		return
+	}
+	var growth int64
+	if prev != nil {
+		growth = connections - prev.connections
 	}
 	b.report.Store(&loadReport{
 		connections: connections,
@@ -113,7 +118,7 @@ func (b *Backend) ObserveReport(connections, capacity int64, version uint64, now
 		baseline:    b.live.Load(),
 		at:          now,
 	})
-	b.assigned.reported(now)
+	b.assigned.reported(now, growth)
 }
 
 // ForgetReport drops the backend's report, returning to local counting.

@@ -23,7 +23,13 @@ const (
 // or a report has come in that was taken in at least the report lag after
 // the assignment: by then its client has connected (or never will) and the
 // backend has counted it. Assignments made within the lag before a report
-// came in keep counting, since the report may predate their connections.
+// came in keep counting, since the report may predate their connections,
+// unless the report's growth accounts for them: a report that grew by g
+// since the previous one holds about g/scale of this process's clients
+// (scale: see shareEstimator), those of its oldest assignments, which then
+// stop counting too. The lag is an upper bound on a client's way to the
+// report; the growth says how far the report actually got, without
+// counting twice what a generous lag would.
 //
 // Assignments sit in a ring of buckets by the 100 ms slot in which they were
 // made. held is the sum of the buckets from the first one still counted,
@@ -176,9 +182,30 @@ func (c *recentCount) remove(t recentTicket) {
 
 // reported notes that a report was taken in at t: assignments made more
 // than the lag before it are in it and stop counting.
-func (c *recentCount) reported(t time.Time) {
+func (c *recentCount) reported(t time.Time, growth int64) {
 	c.mu.Lock()
-	c.covered = max(c.covered, slotOf(t)-c.lag)
+	cut := slotOf(t) - c.lag
+	if f := max(math.Float64frombits(c.scale.Load()), 1); growth > 0 {
+		// The report grew by growth since the previous one; of that,
+		// about growth/scale are this process's clients, the oldest of
+		// its assignments. Those whole slots are covered even when they
+		// are younger than the lag.
+		covers := int64(float64(growth) / f)
+		end := slotOf(t)
+		s, sum := c.from, int64(0)
+		for ; s < end && s < c.from+recentBuckets; s++ {
+			var n int64
+			if b := c.bucket(s); b.slot == s {
+				n = b.n
+			}
+			if sum+n > covers {
+				break
+			}
+			sum += n
+		}
+		cut = max(cut, s)
+	}
+	c.covered = max(c.covered, cut)
 	c.advance(slotOf(c.clock()))
 	c.mu.Unlock()
 }

@@ -58,22 +58,22 @@ func TestRecentCountReportsEndHolds(t *testing.T) {
 	c.add(hold, lag)
 	clk.Advance(700 * time.Millisecond)
 	c.add(hold, lag)
-	c.reported(clk.Now()) // 700 ms after the first: within the lag
+	c.reported(clk.Now(), 0) // 700 ms after the first: within the lag
 	if n := c.count(); n != 2 {
 		t.Fatalf("count after an early report = %d, want 2", n)
 	}
 	clk.Advance(600 * time.Millisecond)
-	c.reported(clk.Now()) // 1.3 s after the first, 0.6 s after the second
+	c.reported(clk.Now(), 0) // 1.3 s after the first, 0.6 s after the second
 	if n := c.count(); n != 1 {
 		t.Fatalf("count after a report 1.3s and 0.6s after the assignments = %d, want 1", n)
 	}
 	c.add(hold, lag)
 	clk.Advance(lag + recentResolution)
-	c.reported(clk.Now().Add(-time.Minute)) // an older report changes nothing
+	c.reported(clk.Now().Add(-time.Minute), 0) // an older report changes nothing
 	if n := c.count(); n != 2 {
 		t.Fatalf("count after a stale report = %d, want 2", n)
 	}
-	c.reported(clk.Now())
+	c.reported(clk.Now(), 0)
 	if n := c.count(); n != 0 {
 		t.Fatalf("count after a report past the lag of both = %d, want 0", n)
 	}
@@ -193,5 +193,44 @@ func TestLoadHoldsAssignmentsAcrossReports(t *testing.T) {
 	}
 	if s := b.Stats(clk.Now()); s.AssignedNow != 0 || s.Load != 16 {
 		t.Fatalf("stats = %+v", s)
+	}
+}
+
+// A report that grew by g covers this process's oldest g/scale held
+// assignments at once, whole 100 ms slots of them, even when they are
+// younger than the lag: their clients are in the report.
+func TestRecentCountCoveredByGrowth(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		scale  float64
+		growth int64
+		want   int64 // still counted
+	}{
+		{"no growth: only the lag covers", 1, 0, 30},
+		{"growth covers the two oldest slots", 1, 20, 10},
+		{"growth covering a slot and a half covers one", 1, 15, 20},
+		{"two balancers: half the growth is ours", 2, 40, 10},
+		{"growth beyond what is held covers it all", 1, 1000, 0},
+		{"shrinking count covers nothing", 1, -50, 30},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			clk := newFakeClock()
+			c := recentCount{now: clk.Now}
+			c.setScale(tt.scale)
+			const hold, lag = 5 * time.Second, time.Second
+			for range 3 { // 10 assignments in each of 3 slots
+				for range 10 {
+					c.add(hold, lag)
+				}
+				clk.Advance(recentResolution)
+			}
+			c.reported(clk.Now(), tt.growth) // 300 ms after the first: within the lag
+			if n := c.count(); n != tt.want {
+				t.Fatalf("count %d, want %d", n, tt.want)
+			}
+		})
 	}
 }

@@ -239,7 +239,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return h.serveAssign(w, r)
 	}
-	if !wsbackend.IsUpgrade(r) {
+	if !wsbackend.IsUpgrade(r) && !wsbackend.IsExtendedConnect(r) {
 		if h.RejectNonWebSocket {
 			return caddyhttp.Error(http.StatusBadRequest, errors.New("not a WebSocket upgrade request"))
 		}

@@ -112,8 +112,20 @@ func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy
 // returns. A non-101 answer from the backend is passed to the client as is.
 // Any failure before that is returned as *Error; nothing has been written
 // to w then.
+//
+// An extended CONNECT (IsExtendedConnect: a WebSocket over an HTTP/2 or
+// HTTP/3 stream) goes to the backend as an HTTP/1.1 upgrade; the client
+// gets 200 with the backend's choices, and ServeUpgrade returns only when
+// the relay has ended, the stream living as long as its handler.
 func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd ForwardedFor) error {
-	if e := checkUpgrade(r); e != nil {
+	up, accept := r, ""
+	if IsExtendedConnect(r) {
+		var e *Error
+		if up, accept, e = upgradeForExtendedConnect(r); e != nil {
+			p.outcome("", OutcomeBadRequest)
+			return e
+		}
+	} else if e := checkUpgrade(r); e != nil {
 		p.outcome("", OutcomeBadRequest)
 		return e
 	}
@@ -130,7 +142,7 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 		if !u.reserve() {
 			continue // filled up by a concurrent upgrade
 		}
-		conn, resp, br, err := p.handshake(r.Context(), u, r, fwd)
+		conn, resp, br, err := p.handshake(r.Context(), u, up, fwd)
 		if err != nil {
 			u.unreserve()
 			if r.Context().Err() != nil {
@@ -150,6 +162,9 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 			u.unreserve()
 			p.outcome(u.Addr(), OutcomeRejected)
 			return p.passResponse(w, conn, resp, br)
+		}
+		if up != r {
+			return p.startStream(w, r, u, conn, resp, br, accept, relayHookFrom(r.Context()))
 		}
 		return p.startRelay(w, u, conn, resp, br, relayHookFrom(r.Context()))
 	}

@@ -1,6 +1,7 @@
 package wsbackend
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -160,9 +161,11 @@ type goPipe struct {
 	err    error
 	readFn func(fd uintptr) bool
 
-	// small is what a source without RawConn (TLS) waits with; see
-	// readBlocking.
+	// small is what a source without RawConn (TLS) waits with; drain: the
+	// source is a *tls.Conn, whose buffered records a read past its
+	// deadline returns. See readBlocking.
 	small *[smallReadSize]byte
+	drain bool
 }
 
 // smallReadSize is the buffer a TLS source is read into while it may be
@@ -184,6 +187,7 @@ func (p *goPipe) init(shared *pipe, dst, src net.Conn) {
 		}
 	}
 	p.small = new([smallReadSize]byte)
+	_, p.drain = src.(*tls.Conn)
 }
 
 func (p *goPipe) run() {
@@ -267,17 +271,19 @@ func (p *goPipe) read() (*[]byte, int, error) {
 
 // readBlocking reads a source that cannot be waited on without reading
 // (TLS: the socket's readiness says nothing of the records the TLS layer
-// has buffered already). It waits in a read into the pipe's small buffer,
-// so that an idle connection holds 1 KB instead of a pooled 32 KB one. When
-// that fills, it takes what the TLS layer holds beyond it into the pooled
+// has buffered already; an HTTP/2 stream has no socket of its own). It
+// waits in a read into the pipe's small buffer, so that an idle connection
+// holds 1 KB instead of a pooled 32 KB one. When that fills and the source
+// is TLS, it takes what the TLS layer holds beyond it into the pooled
 // buffer with a read whose deadline has passed: it returns at once with the
 // buffered bytes, or a timeout, which the TLS layer does not keep as an
-// error.
+// error. (Other sources are read 1 KB at a time: an HTTP/2 body, say, ends
+// for good when a read deadline passes.)
 func (p *goPipe) readBlocking() (*[]byte, int, error) {
 	n, err := p.src.Read(p.small[:])
 	buf := getRelayBuf()
 	copy(*buf, p.small[:n])
-	if err != nil || n < len(p.small) {
+	if err != nil || n < len(p.small) || !p.drain {
 		return buf, n, err
 	}
 	if p.src.SetReadDeadline(aLongTimeAgo) != nil {

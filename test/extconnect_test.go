@@ -22,8 +22,8 @@ import (
 // HTTP/2 server offers when run with GODEBUG=http2xconnect=1 and browsers
 // then use: the backend gets an HTTP/1.1 upgrade with a key of the
 // balancer's, the client 200 with the backend's subprotocol, and frames pass
-// both ways, small and large, with close codes; the stream ends when the
-// backend goes away.
+// both ways, small and large, with close codes; the stream outlives a config
+// reload and ends, with a close frame, when the backend goes away.
 //
 // Not parallel: it sets GODEBUG for the Caddy process it starts.
 func TestExtendedConnectHTTP2(t *testing.T) {
@@ -118,6 +118,26 @@ func TestExtendedConnectHTTP2(t *testing.T) {
 		}) {
 			st, _ := caddy.Backends()
 			t.Fatalf("after the client ended its stream: %+v, want 0 live", st)
+		}
+	})
+
+	t.Run("survives a reload", func(t *testing.T) {
+		s, _ := open(t, http.Header{"Sec-Websocket-Version": {"13"}})
+		if err := s.writeFrame(websocket.TextMessage, []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.readFrame(); err != nil {
+			t.Fatal(err)
+		}
+		if err := caddy.Reload(site([]*harness.EchoBackend{backend}, "")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second) // past the harness's 1 s grace_period
+		if err := s.writeFrame(websocket.TextMessage, []byte("after")); err != nil {
+			t.Fatal(err)
+		}
+		if op, msg, err := s.readFrame(); err != nil || op != websocket.TextMessage || string(msg) != "after" {
+			t.Fatalf("echo after a reload: op %d %q %v", op, msg, err)
 		}
 	})
 

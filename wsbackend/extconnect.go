@@ -12,9 +12,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // IsExtendedConnect reports whether r opens a WebSocket over one stream of
@@ -96,20 +93,8 @@ func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream,
 	hook.adopt()
 
 	b := u.Backend
-	p.store.Acquire(b.Addr())
-	b.connsTotal.Add(1)
 	ended := make(chan struct{})
-	var rl *relay
-	rl = newRelay(b, func(reason string) {
-		b.untrack(rl)
-		b.connClosed()
-		p.store.Release(b.Addr())
-		hook.end()
-		if c := p.opts.Logger.Check(zapcore.DebugLevel, "websocket closed"); c != nil {
-			c.Write(zap.String("backend", b.Addr()), zap.String("reason", reason))
-		}
-		close(ended)
-	})
+	rl := p.newRelay(b, hook, func() { close(ended) })
 	var err error
 	if n := br.Buffered(); n > 0 {
 		early, _ := br.Peek(n)
@@ -119,12 +104,7 @@ func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream,
 	}
 	putReader(br)
 	if err != nil {
-		client.Close()
-		backend.Close()
-		b.connClosed()
-		p.store.Release(b.Addr())
-		hook.end()
-		p.outcome(b.Addr(), OutcomeFailed)
+		p.abandonRelay(b, client, backend, hook)
 		return nil
 	}
 	p.outcome(b.Addr(), OutcomeOK)

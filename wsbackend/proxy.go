@@ -278,18 +278,7 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	hook.adopt()
 
 	b := u.Backend
-	p.store.Acquire(b.Addr())
-	b.connsTotal.Add(1)
-	var rl *relay
-	rl = newRelay(b, func(reason string) {
-		b.untrack(rl)
-		b.connClosed()
-		p.store.Release(b.Addr())
-		hook.end()
-		if c := p.opts.Logger.Check(zapcore.DebugLevel, "websocket closed"); c != nil {
-			c.Write(zap.String("backend", b.Addr()), zap.String("reason", reason))
-		}
-	})
+	rl := p.newRelay(b, hook, nil)
 
 	head := appendResponseHead(make([]byte, 0, 512), resp)
 	if n := br.Buffered(); n > 0 {
@@ -311,13 +300,8 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 		backend.SetWriteDeadline(time.Time{})
 	}
 	if err != nil {
-		client.Close()
-		backend.Close()
-		b.connClosed()
-		p.store.Release(b.Addr())
-		hook.end()
-		p.outcome(b.Addr(), OutcomeFailed)
 		// The 101 may be half-written: nothing more can go to the client.
+		p.abandonRelay(b, client, backend, hook)
 		return nil
 	}
 	p.outcome(b.Addr(), OutcomeOK)
@@ -329,6 +313,37 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	// relay that ended already is not tracked (see track).
 	b.track(rl)
 	return nil
+}
+
+// newRelay counts a relayed connection to b from now until the relay
+// finishes, when it also ends hook and calls ended (if not nil).
+func (p *Proxy) newRelay(b *Backend, hook *RelayHook, ended func()) *relay {
+	p.store.Acquire(b.Addr())
+	b.connsTotal.Add(1)
+	var rl *relay
+	rl = newRelay(b, func(reason string) {
+		b.untrack(rl)
+		b.connClosed()
+		p.store.Release(b.Addr())
+		hook.end()
+		if c := p.opts.Logger.Check(zapcore.DebugLevel, "websocket closed"); c != nil {
+			c.Write(zap.String("backend", b.Addr()), zap.String("reason", reason))
+		}
+		if ended != nil {
+			ended()
+		}
+	})
+	return rl
+}
+
+// abandonRelay undoes newRelay for a relay that could not start.
+func (p *Proxy) abandonRelay(b *Backend, client, backend net.Conn, hook *RelayHook) {
+	client.Close()
+	backend.Close()
+	b.connClosed()
+	p.store.Release(b.Addr())
+	hook.end()
+	p.outcome(b.Addr(), OutcomeFailed)
 }
 
 // passResponseLimit bounds the body of a backend's refusal passed to the

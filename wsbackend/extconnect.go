@@ -68,10 +68,7 @@ func upgradeForExtendedConnect(r *http.Request) (*http.Request, string, *Error) 
 // handler: startStream returns when the relay has ended.
 func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream, backend net.Conn, resp *http.Response, br *bufio.Reader, accept string, hook *RelayHook) error {
 	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != accept {
-		putReader(br)
-		backend.Close()
-		u.unreserve()
-		p.outcome(u.Addr(), OutcomeFailed)
+		p.dropBackend(u, backend, br)
 		return &Error{Status: http.StatusBadGateway, Err: fmt.Errorf("backend %s answered the upgrade with Sec-WebSocket-Accept %q, want %q", u.Addr(), got, accept)}
 	}
 	rc := http.NewResponseController(w)
@@ -83,10 +80,7 @@ func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream,
 	}
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
-		putReader(br)
-		backend.Close()
-		u.unreserve()
-		p.outcome(u.Addr(), OutcomeFailed)
+		p.dropBackend(u, backend, br)
 		return nil // the status line may be out: nothing more can go to the client
 	}
 	client := newStreamConn(r, w, rc)
@@ -96,10 +90,7 @@ func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream,
 	ended := make(chan struct{})
 	rl := p.newRelay(b, hook, func() { close(ended) })
 	var err error
-	if n := br.Buffered(); n > 0 {
-		early, _ := br.Peek(n)
-		rl.down.frames.observe(early)
-		b.bytesDown.Add(uint64(n))
+	if early := rl.down.early(br); len(early) > 0 {
 		_, err = client.Write(early)
 	}
 	putReader(br)

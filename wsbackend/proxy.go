@@ -261,16 +261,10 @@ func putReader(br *bufio.Reader) {
 // startRelay hijacks the client connection, writes the backend's 101 answer
 // and any bytes either side sent early, and starts relaying.
 func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn, resp *http.Response, br *bufio.Reader, hook *RelayHook) error {
-	fail := func(err error) error {
-		putReader(br)
-		backend.Close()
-		u.unreserve()
-		p.outcome(u.Addr(), OutcomeFailed)
-		return err
-	}
 	client, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		return fail(&Error{Status: http.StatusInternalServerError, Err: fmt.Errorf("hijacking client connection: %w", err)})
+		p.dropBackend(u, backend, br)
+		return &Error{Status: http.StatusInternalServerError, Err: fmt.Errorf("hijacking client connection: %w", err)}
 	}
 	// The server's read and write timeouts must not cut a long-lived
 	// connection: deadlines are the relay's business now.
@@ -280,24 +274,17 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	b := u.Backend
 	rl := p.newRelay(b, hook, nil)
 
-	head := appendResponseHead(make([]byte, 0, 512), resp)
-	if n := br.Buffered(); n > 0 {
-		early, _ := br.Peek(n)
-		rl.down.frames.observe(early)
-		b.bytesDown.Add(uint64(n))
-		head = append(head, early...)
-	}
+	head := append(appendResponseHead(make([]byte, 0, 512), resp), rl.down.early(br)...)
 	putReader(br)
 	client.SetWriteDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
 	_, err = client.Write(head)
 	client.SetWriteDeadline(time.Time{})
-	if err == nil && brw.Reader.Buffered() > 0 {
-		early, _ := brw.Reader.Peek(brw.Reader.Buffered())
-		rl.up.frames.observe(early)
-		b.bytesUp.Add(uint64(len(early)))
-		backend.SetWriteDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
-		_, err = backend.Write(early)
-		backend.SetWriteDeadline(time.Time{})
+	if err == nil {
+		if early := rl.up.early(brw.Reader); len(early) > 0 {
+			backend.SetWriteDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
+			_, err = backend.Write(early)
+			backend.SetWriteDeadline(time.Time{})
+		}
 	}
 	if err != nil {
 		// The 101 may be half-written: nothing more can go to the client.
@@ -334,6 +321,15 @@ func (p *Proxy) newRelay(b *Backend, hook *RelayHook, ended func()) *relay {
 		}
 	})
 	return rl
+}
+
+// dropBackend gives up a backend whose handshake succeeded before the
+// client could be answered: its connection closes and its reservation ends.
+func (p *Proxy) dropBackend(u *Upstream, backend net.Conn, br *bufio.Reader) {
+	putReader(br)
+	backend.Close()
+	u.unreserve()
+	p.outcome(u.Addr(), OutcomeFailed)
 }
 
 // abandonRelay undoes newRelay for a relay that could not start.

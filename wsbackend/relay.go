@@ -1,6 +1,7 @@
 package wsbackend
 
 import (
+	"bufio"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -88,6 +89,16 @@ func (r *relay) closeWith(code uint16, reason string) {
 		return
 	}
 	r.gr.closeWith(code, reason)
+}
+
+// early returns the bytes the pipe's source sent along with its handshake,
+// which br has read already, followed and counted as relayed. They stay in
+// br, valid until it is reused.
+func (p *pipe) early(br *bufio.Reader) []byte {
+	b, _ := br.Peek(br.Buffered())
+	p.frames.observe(b)
+	p.bytes.Add(uint64(len(b)))
+	return b
 }
 
 // side names the source (src true) or destination of this pipe.

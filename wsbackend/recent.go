@@ -120,15 +120,17 @@ func (c *recentCount) estimate() int64 {
 	if n == 0 {
 		return 0
 	}
-	f := math.Float64frombits(c.scale.Load())
-	if f <= 1 {
-		return n
+	if f := c.scaleFactor(); f > 1 {
+		return int64(math.Ceil(float64(n) * f))
 	}
-	return int64(math.Ceil(float64(n) * f))
+	return n
 }
 
 // setScale sets the factor of estimate.
 func (c *recentCount) setScale(f float64) { c.scale.Store(math.Float64bits(f)) }
+
+// scaleFactor is the factor of estimate, at least 1.
+func (c *recentCount) scaleFactor() float64 { return max(math.Float64frombits(c.scale.Load()), 1) }
 
 // madeBetween returns the number of assignments made in [from, to), as far
 // back as the ring reaches, whether or not they still count.
@@ -184,14 +186,14 @@ func (c *recentCount) remove(t recentTicket) {
 // than the lag before it are in it and stop counting.
 func (c *recentCount) reported(t time.Time, growth int64) {
 	c.mu.Lock()
-	cut := slotOf(t) - c.lag
-	if f := max(math.Float64frombits(c.scale.Load()), 1); growth > 0 {
+	end := slotOf(t)
+	cut := end - c.lag
+	if growth > 0 {
 		// The report grew by growth since the previous one; of that,
 		// about growth/scale are this process's clients, the oldest of
 		// its assignments. Those whole slots are covered even when they
 		// are younger than the lag.
-		covers := int64(float64(growth) / f)
-		end := slotOf(t)
+		covers := int64(float64(growth) / c.scaleFactor())
 		s, sum := c.from, int64(0)
 		for ; s < end && s < c.from+recentBuckets; s++ {
 			var n int64

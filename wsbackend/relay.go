@@ -117,7 +117,8 @@ type goRelay struct {
 }
 
 // shutdown closes both connections once; the pipes then end on their own.
-func (g *goRelay) shutdown(r *relay, reason string) {
+func (g *goRelay) shutdown(reason string) {
+	r := g.up.r
 	r.endOnce.Do(func() { r.endReason = reason })
 	if r.closing.CompareAndSwap(false, true) {
 		g.client.Close()
@@ -148,8 +149,9 @@ func (g *goRelay) closeWith(code uint16, reason string) {
 	g.backend.Close()
 }
 
-func (g *goRelay) pipeDone(r *relay) {
+func (g *goRelay) pipeDone() {
 	if g.running.Add(-1) == 0 {
+		r := g.up.r
 		r.finish(r.endReason)
 	}
 }
@@ -203,7 +205,7 @@ func (p *goPipe) init(shared *pipe, dst, src net.Conn) {
 
 func (p *goPipe) run() {
 	g := p.r.gr
-	defer g.pipeDone(p.r)
+	defer g.pipeDone()
 	for {
 		buf, n, err := p.read()
 		if n > 0 {
@@ -220,7 +222,7 @@ func (p *goPipe) run() {
 			p.bytes.Add(uint64(n))
 			p.r.lastActive.Store(time.Now().UnixNano())
 			if werr != nil {
-				g.shutdown(p.r, p.side(false)+" write failed")
+				g.shutdown(p.side(false) + " write failed")
 				return
 			}
 		} else if buf != nil {
@@ -247,7 +249,7 @@ func (p *goPipe) srcEnded(err error) {
 	p.mu.Lock()
 	p.injectClose(code, reason)
 	p.mu.Unlock()
-	p.r.gr.shutdown(p.r, reason)
+	p.r.gr.shutdown(reason)
 }
 
 // injectClose writes a close frame to dst when the stream is between frames

@@ -16,24 +16,8 @@ import (
 func newTestProxy(tb testing.TB, n int) (url string, ups []*Upstream) {
 	tb.Helper()
 	store := NewBackendStore()
-	up := websocket.Upgrader{}
 	for range n {
-		be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := up.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			for {
-				mt, msg, err := c.ReadMessage()
-				if err != nil {
-					return
-				}
-				if c.WriteMessage(mt, msg) != nil {
-					return
-				}
-			}
-		}))
+		be := httptest.NewServer(gorillaEcho())
 		tb.Cleanup(be.Close)
 		u, err := ParseBackendURL(be.Listener.Addr().String())
 		if err != nil {

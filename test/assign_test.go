@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os/exec"
 	"slices"
@@ -25,13 +26,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
-	"github.com/hashicorp/consul/api"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/wsbalancer/caddy-wsbalancer/consul"
@@ -101,102 +99,6 @@ func dialToken(t *testing.T, ctx context.Context, backendURL, tok string) (statu
 	return http.StatusSwitchingProtocols, ""
 }
 
-// burstResult is what a burst produced.
-type burstResult struct {
-	took      time.Duration   // from the first assignment to the last answer
-	latencies []time.Duration // of the assignments
-	connects  []time.Duration // from each assignment's answer to its connection
-	conns     []*websocket.Conn
-}
-
-// burst makes n assignments from conc goroutines, paced evenly over d, with
-// assign(i); each client then dials the URL it got, checks an echo and
-// holds the connection. It fails the test on any error.
-func burst(t *testing.T, ctx context.Context, n, conc int, d time.Duration, assign func(i int) (*wsbackend.Assignment, error)) *burstResult {
-	t.Helper()
-	res := &burstResult{latencies: make([]time.Duration, n), connects: make([]time.Duration, n), conns: make([]*websocket.Conn, n)}
-	t.Cleanup(func() {
-		for _, c := range res.conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	})
-	var failures atomic.Int64
-	var firstErr sync.Once
-	fail := func(err error) {
-		failures.Add(1)
-		firstErr.Do(func() { t.Errorf("burst: %v", err) })
-	}
-	var dials sync.WaitGroup
-	dialSem := make(chan struct{}, 256)
-	var workers sync.WaitGroup
-	start := time.Now()
-	for g := range conc {
-		workers.Go(func() {
-			for i := g; i < n; i += conc {
-				if wait := time.Until(start.Add(d * time.Duration(i) / time.Duration(n))); wait > 0 {
-					time.Sleep(wait)
-				}
-				t0 := time.Now()
-				asg, err := assign(i)
-				res.latencies[i] = time.Since(t0)
-				if err != nil {
-					fail(fmt.Errorf("assignment %d: %w", i, err))
-					continue
-				}
-				dials.Add(1)
-				dialSem <- struct{}{}
-				answered := time.Now()
-				go func() {
-					defer dials.Done()
-					defer func() { <-dialSem }()
-					c, resp, err := harness.Dial(ctx, asg.URL, nil)
-					if err != nil {
-						if resp != nil {
-							err = fmt.Errorf("%s: %w", resp.Status, err)
-						}
-						fail(fmt.Errorf("client %d dialing %s: %w", i, asg.Backend, err))
-						return
-					}
-					res.conns[i] = c
-					res.connects[i] = time.Since(answered)
-					if err := harness.Echo(c, "hi", 10*time.Second); err != nil {
-						fail(fmt.Errorf("client %d: %w", i, err))
-					}
-				}()
-			}
-		})
-	}
-	workers.Wait()
-	res.took = time.Since(start)
-	dials.Wait()
-	if failures.Load() > 0 {
-		t.Fatalf("burst: %d failures", failures.Load())
-	}
-	return res
-}
-
-func tokenLives(bs []*harness.TokenEcho) []int64 {
-	out := make([]int64, len(bs))
-	for i, b := range bs {
-		out[i] = b.Live()
-	}
-	return out
-}
-
-// startAssignBackends starts n token-verifying backends registered in
-// Consul as service, with IDs <service>-<i>.
-func startAssignBackends(t *testing.T, n int, keys []token.Key, client *api.Client, service string) []*harness.TokenEcho {
-	bs := make([]*harness.TokenEcho, n)
-	for i := range bs {
-		bs[i] = harness.StartTokenEcho(t, harness.TokenEchoOptions{
-			Keys: keys, ID: fmt.Sprintf("%s-%d", service, i), Consul: client, Service: service,
-		})
-	}
-	return bs
-}
-
 // waitAssignable waits until every Caddy lists want backends.
 func waitAssignable(t *testing.T, ctx context.Context, caddies []*harness.Caddy, want int) {
 	t.Helper()
@@ -230,14 +132,15 @@ func TestAssignBurstSpreadsEvenly(t *testing.T) {
 	agent, client := csStartAgent(t, consultest.Options{CheckUpdateInterval: -1})
 	key := harness.WriteSigningKey(t)
 	const service = "ws-assign"
-	backends := startEchoProcesses(t, 3, agent.Addr(), service, key.WritePublicKey(t))
+	pubKey := key.WritePublicKey(t)
+	backends := startEchoProcesses(t, 3, agent.Addr(), service, pubKey)
 	site := assignSite(consulSource(agent.Addr(), service), key.Path, "\t\tresponse json\n")
 	bin := harness.CaddyBinaryNoRace(t)
 	caddies := []*harness.Caddy{harness.StartCaddyBinary(t, bin, site), harness.StartCaddyBinary(t, bin, site)}
 	waitAssignable(t, ctx, caddies, 3)
 
 	const n, conc = 3000, 50
-	res, release := runAssignBurst(t, caddies, n, conc, time.Second)
+	res, release := runAssignBurst(t, []string{"http://" + caddies[0].Addr() + "/assign", "http://" + caddies[1].Addr() + "/assign"}, n, conc, time.Second)
 	got := make([]int64, len(backends))
 	for i, b := range backends {
 		got[i] = b.live(t)
@@ -275,22 +178,42 @@ func TestAssignBurstSpreadsEvenly(t *testing.T) {
 
 	// The contrast: two balancers in this process, each watching Consul the
 	// same way, that pick the backend with the lowest reported count (the
-	// first one on ties) and count nothing themselves.
+	// first one on ties) and count nothing themselves, served over HTTP so
+	// that the same clients run the same burst through them.
 	const naiveService = "ws-assign-naive"
-	naive := startAssignBackends(t, 3, []token.Key{key.Pub}, client, naiveService)
+	naive := startEchoProcesses(t, 3, agent.Addr(), naiveService, pubKey)
 	signer, err := token.NewSigner(mustLoadKey(t, key.Path), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var balancers []*wsbackend.Assigner
+	var naiveURLs []string
 	for range 2 {
-		balancers = append(balancers, naiveBalancer(t, ctx, agent.Addr(), naiveService, signer))
+		srv := httptest.NewServer(assignHandler(naiveBalancer(t, ctx, agent.Addr(), naiveService, signer)))
+		t.Cleanup(srv.Close)
+		naiveURLs = append(naiveURLs, srv.URL+"/assign")
 	}
-	naiveRes := burst(t, ctx, n, conc, time.Second, func(i int) (*wsbackend.Assignment, error) {
-		return balancers[i%2].Assign("")
+	naiveRes, naiveRelease := runAssignBurst(t, naiveURLs, n, conc, time.Second)
+	naiveGot := make([]int64, len(naive))
+	for i, b := range naive {
+		naiveGot[i] = b.live(t)
+	}
+	naiveRelease()
+	t.Logf("naive \"pick the least reported\" (for contrast): %d assignments in %s (%d failures); backends hold %v",
+		n, naiveRes.Took.Round(time.Millisecond), naiveRes.Failures, naiveGot)
+}
+
+// assignHandler answers /assign with a's assignments as JSON, as
+// ws_balancer's assign mode does.
+func assignHandler(a *wsbackend.Assigner) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asg, err := a.Assign("")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(asg)
 	})
-	t.Logf("naive \"pick the least reported\" (for contrast): %d assignments in %s; backends hold %v",
-		n, naiveRes.took.Round(time.Millisecond), tokenLives(naive))
 }
 
 func mustLoadKey(t *testing.T, path string) token.Key {
@@ -769,16 +692,12 @@ func (e *echoProcess) getJSON(t *testing.T, path string, v any) {
 	}
 }
 
-// runAssignBurst runs test/assignburst against the caddies' /assign, n
+// runAssignBurst runs test/assignburst against the /assign URLs, n
 // assignments from conc goroutines over d, and returns its report once
 // every client has connected and echoed. The clients hold their
 // connections until release is called (or the test ends).
-func runAssignBurst(t *testing.T, caddies []*harness.Caddy, n, conc int, d time.Duration) (*harness.AssignBurstResult, func()) {
+func runAssignBurst(t *testing.T, urls []string, n, conc int, d time.Duration) (*harness.AssignBurstResult, func()) {
 	t.Helper()
-	var urls []string
-	for _, c := range caddies {
-		urls = append(urls, "http://"+c.Addr()+"/assign")
-	}
 	cmd := exec.Command(harness.AssignBurstBinary(t), "-assign", strings.Join(urls, ","),
 		"-n", strconv.Itoa(n), "-c", strconv.Itoa(conc), "-over", d.String())
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

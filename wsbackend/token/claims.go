@@ -1,12 +1,10 @@
 package token
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"strconv"
+
+	josejson "github.com/go-jose/go-jose/v4/json"
 )
 
 // Claims are what a token asserts. Times are Unix seconds, as in JWT
@@ -60,160 +58,17 @@ func (c *Claims) check() error {
 	return nil
 }
 
-// header is the JOSE header. Fields are in the order they are written.
-type header struct {
-	Alg Alg    `json:"alg"`
-	KID string `json:"kid"`
-	Typ string `json:"typ,omitempty"`
-}
-
-// parseHeader reads the JOSE header of a token that is not yet authenticated,
-// so it is strict: a JSON object, no duplicate members, exact (case-sensitive)
-// names, string values, typ absent or "JWT", and no "crit" at all, because a
-// critical extension we do not implement must make the token invalid
-// (RFC 7515 section 4.1.11). Other unknown members (jku, jwk, x5c, ...) are
-// ignored: keys come only from the verifier's own set, never from the token.
-func parseHeader(data []byte) (header, error) {
-	var h header
-	err := parseObject(data, func(name string, raw json.RawMessage) error {
-		var err error
-		switch name {
-		case "alg":
-			var s string
-			s, err = jsonString(raw)
-			h.Alg = Alg(s)
-		case "kid":
-			h.KID, err = jsonString(raw)
-		case "typ":
-			h.Typ, err = jsonString(raw)
-			if err == nil && !asciiEqualFold(h.Typ, "JWT") {
-				err = fmt.Errorf("unsupported typ %.32q", h.Typ)
-			}
-		case "crit":
-			err = errors.New("critical header extensions are not supported")
-		}
-		return err
-	})
-	if err != nil {
-		return header{}, fmt.Errorf("header: %w", err)
-	}
-	return h, nil
-}
-
-// parseClaims reads the payload of a token whose signature has been checked.
-// Unknown claims are ignored so that a newer issuer may add some during a
-// rolling upgrade; known ones must have the right JSON type (aud as a single
-// string, times as integers) and appear once.
-func parseClaims(data []byte) (Claims, error) {
+// decodeClaims reads the payload of a token whose signature has been
+// checked. It uses go-jose's fork of encoding/json, which matches names
+// exactly and refuses duplicate names: with encoding/json alone "aud" and
+// "AUD", or two "aud" members, could make two readers disagree about which
+// backend a token is for. Known claims must have the right JSON type (aud a
+// single string, times integers); unknown ones are ignored so that a newer
+// issuer may add some during a rolling upgrade.
+func decodeClaims(payload []byte) (Claims, error) {
 	var c Claims
-	err := parseObject(data, func(name string, raw json.RawMessage) error {
-		var err error
-		switch name {
-		case "aud":
-			c.Audience, err = jsonString(raw)
-		case "sub":
-			c.Subject, err = jsonString(raw)
-		case "jti":
-			c.ID, err = jsonString(raw)
-		case "iat":
-			c.IssuedAt, err = jsonInt(raw)
-		case "nbf":
-			c.NotBefore, err = jsonInt(raw)
-		case "exp":
-			c.ExpiresAt, err = jsonInt(raw)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := josejson.Unmarshal(payload, &c); err != nil {
 		return Claims{}, fmt.Errorf("claims: %w", err)
 	}
 	return c, nil
-}
-
-// parseObject walks the members of one top-level JSON object, rejecting
-// duplicate names and trailing data. encoding/json alone would keep the last
-// duplicate and match names case-insensitively, so "aud" and "AUD" could
-// disagree about which backend a token is for; here every name is seen once
-// and compared exactly.
-func parseObject(data []byte, member func(name string, raw json.RawMessage) error) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return errors.New("not a JSON object")
-	}
-	seen := make(map[string]struct{}, 8)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		name, ok := tok.(string)
-		if !ok {
-			return errors.New("invalid member name")
-		}
-		if _, dup := seen[name]; dup {
-			return fmt.Errorf("duplicate member %.32q", name)
-		}
-		seen[name] = struct{}{}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return err
-		}
-		if err := member(name, raw); err != nil {
-			return err
-		}
-	}
-	if _, err := dec.Token(); err != nil { // the closing '}'
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("trailing data after JSON object")
-	}
-	return nil
-}
-
-// jsonString decodes a JSON string; null or any other type is an error
-// (json.Unmarshal would quietly leave the target empty for null).
-func jsonString(raw json.RawMessage) (string, error) {
-	if len(raw) == 0 || raw[0] != '"' {
-		return "", errors.New("not a string")
-	}
-	var s string
-	err := json.Unmarshal(raw, &s)
-	return s, err
-}
-
-// jsonInt decodes a JSON number that is an integer written without fraction
-// or exponent, which is how every issuer writes NumericDate in practice.
-func jsonInt(raw json.RawMessage) (int64, error) {
-	n, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil {
-		return 0, errors.New("not an integer")
-	}
-	return n, nil
-}
-
-func asciiEqualFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'a' <= x && x <= 'z' {
-			x -= 'a' - 'A'
-		}
-		if 'a' <= y && y <= 'z' {
-			y -= 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }

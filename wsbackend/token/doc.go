@@ -36,25 +36,46 @@
 // wait for the old tokens to expire (the TTL plus leeway), then remove the old
 // key from the verifiers. Its tokens then fail with unknown_kid.
 //
+// # Library
+//
+// Parsing, signing and signature checks are github.com/go-jose/go-jose/v4;
+// this package adds the rules above it: keys, claims, audience, lifetime,
+// single use. go-jose rather than golang-jwt because it makes those rules
+// the simplest to keep:
+//
+//   - its JSON decoder refuses duplicate member names and matches names
+//     exactly, in the header and, used here for the claims, in the payload;
+//     golang-jwt uses encoding/json, where the last duplicate wins and "AUD"
+//     fills aud, so a hand-written JSON walker would have had to stay;
+//   - it takes the list of acceptable algs at parse time and picks the
+//     verifier from the Go type of the key we hand it, so the header alg can
+//     never turn an Ed25519 public key into an HMAC secret;
+//   - it was already in the module graph: Caddy and its ACME client use it.
+//
 // # Verification
 //
 // Verify rejects with an *Error whose Reason is a stable string for metrics
 // and logs (see the Reason constants), matched with errors.Is against the Err
 // sentinels or read with errors.As. Hardening worth knowing about:
 //
-//   - The key is chosen by kid from the verifier's own set only, and the
-//     header alg must equal that key's alg: "none" is never accepted, and an
-//     Ed25519 public key is never used as an HMAC secret.
 //   - Tokens longer than MaxTokenLength, or with any byte outside the
-//     base64url alphabet and the two dots, are rejected before decoding;
-//     base64url is decoded strictly, so a token has exactly one spelling.
+//     base64url alphabet and the two dots, are rejected before any decoding;
+//     each segment must be canonical base64url, so a token has exactly one
+//     spelling.
+//   - The header alg must be EdDSA or HS256, and it must equal the alg of the
+//     key chosen by kid from the verifier's own set: "none" is never
+//     accepted, and an Ed25519 public key is never used as an HMAC secret.
+//     Keys named in the token (jwk, jku, x5c, x5u) are never used.
 //   - The header and claims must be JSON objects without duplicate members;
-//     names are matched exactly; a "crit" header is rejected. The claims are
-//     decoded only after the signature is verified.
+//     names are matched exactly; "crit" and "b64" headers are rejected. The
+//     claims are decoded only after the signature is verified.
 //   - HMAC signatures are compared in constant time.
 //   - exp-iat may not exceed MaxLifetime, and iat or nbf in the future (beyond
 //     the leeway) is refused, so no token is usable for longer than
 //     MaxLifetime plus leeway.
 //   - A ReplayCache accepts each jti once, fails closed when full, and needs
 //     bounded memory (see ReplayCache for the trade-off).
+//
+// testdata/jsinterop checks that tokens made here verify with the jose npm
+// package, and that forged ones do not.
 package token

@@ -3,7 +3,6 @@ package token
 import (
 	"bytes"
 	"crypto/ed25519"
-	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -51,9 +50,10 @@ type Key struct {
 	// fields. fmt walks into the unexported fields of any struct holding a
 	// Key (a Signer printed with %s would dump raw bytes, pointer or not),
 	// where our Format method cannot intervene; a function value prints as
-	// an address only.
-	signFn   func(msg []byte) []byte    // nil for a public key
-	verifyFn func(msg, sig []byte) bool // nil only in the zero Key
+	// an address only. Each returns the key in the Go type go-jose takes:
+	// ed25519.PrivateKey, ed25519.PublicKey, or the HMAC secret as []byte.
+	private func() any // nil for a public key
+	public  func() any // nil only in the zero Key
 }
 
 // NewEd25519Key returns a signing key from an Ed25519 private key. An empty
@@ -68,11 +68,11 @@ func NewEd25519Key(kid string, priv ed25519.PrivateKey) (Key, error) {
 	// 64-byte private key merely carries and could carry wrong.
 	priv = ed25519.NewKeyFromSeed(priv.Seed())
 	pub := priv.Public().(ed25519.PublicKey)
-	k, err := newKey(kid, EdDSA, pub, verifyEd25519(pub))
+	k, err := newKey(kid, EdDSA, pub, func() any { return pub })
 	if err != nil {
 		return Key{}, err
 	}
-	k.signFn = func(msg []byte) []byte { return ed25519.Sign(priv, msg) }
+	k.private = func() any { return priv }
 	return k, nil
 }
 
@@ -84,7 +84,7 @@ func NewEd25519PublicKey(kid string, pub ed25519.PublicKey) (Key, error) {
 		return Key{}, fmt.Errorf("token: Ed25519 public key must be %d bytes, got %d", ed25519.PublicKeySize, len(pub))
 	}
 	pub = bytes.Clone(pub)
-	return newKey(kid, EdDSA, pub, verifyEd25519(pub))
+	return newKey(kid, EdDSA, pub, func() any { return pub })
 }
 
 // NewHMACKey returns an HS256 key from a raw secret of at least
@@ -96,28 +96,16 @@ func NewHMACKey(kid string, secret []byte) (Key, error) {
 		return Key{}, fmt.Errorf("token: HMAC secret must be at least %d bytes, got %d", MinHMACSecretLength, len(secret))
 	}
 	secret = bytes.Clone(secret)
-	k, err := newKey(kid, HS256, secret, func(msg, sig []byte) bool {
-		// hmac.Equal runs in constant time for equal lengths; the length
-		// itself is public.
-		return hmac.Equal(sig, hmacSHA256(secret, msg))
-	})
+	material := func() any { return secret }
+	k, err := newKey(kid, HS256, secret, material)
 	if err != nil {
 		return Key{}, err
 	}
-	k.signFn = func(msg []byte) []byte { return hmacSHA256(secret, msg) }
+	k.private = material
 	return k, nil
 }
 
-// verifyEd25519 returns the verification function for pub. ed25519.Verify
-// also rejects non-canonical signatures, so a valid signature cannot be
-// tweaked into a second valid one.
-func verifyEd25519(pub ed25519.PublicKey) func(msg, sig []byte) bool {
-	return func(msg, sig []byte) bool {
-		return len(sig) == ed25519.SignatureSize && ed25519.Verify(pub, msg, sig)
-	}
-}
-
-func newKey(kid string, alg Alg, idSource []byte, verify func(msg, sig []byte) bool) (Key, error) {
+func newKey(kid string, alg Alg, idSource []byte, public func() any) (Key, error) {
 	if kid == "" {
 		sum := sha256.Sum256(idSource)
 		kid = base64.RawURLEncoding.EncodeToString(sum[:8])
@@ -125,7 +113,7 @@ func newKey(kid string, alg Alg, idSource []byte, verify func(msg, sig []byte) b
 	if err := checkKID(kid); err != nil {
 		return Key{}, err
 	}
-	return Key{id: kid, alg: alg, verifyFn: verify}, nil
+	return Key{id: kid, alg: alg, public: public}, nil
 }
 
 // checkKID accepts 1 to 64 URL-unreserved characters. The limit keeps headers
@@ -244,11 +232,11 @@ func (k Key) ID() string { return k.id }
 func (k Key) Alg() Alg { return k.alg }
 
 // IsZero reports whether k is the zero Key.
-func (k Key) IsZero() bool { return k.verifyFn == nil }
+func (k Key) IsZero() bool { return k.public == nil }
 
 // CanSign reports whether k holds private material: an Ed25519 private key or
 // an HMAC secret.
-func (k Key) CanSign() bool { return k.signFn != nil }
+func (k Key) CanSign() bool { return k.private != nil }
 
 // Public returns the verification half of k: for an Ed25519 private key, the
 // public key under the same kid; otherwise k itself (an HMAC secret is its own
@@ -257,7 +245,7 @@ func (k Key) Public() Key {
 	if k.alg == HS256 {
 		return k
 	}
-	return Key{id: k.id, alg: k.alg, verifyFn: k.verifyFn}
+	return Key{id: k.id, alg: k.alg, public: k.public}
 }
 
 // String returns the kid and algorithm, never the material.
@@ -284,19 +272,4 @@ func (k Key) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(k.String())) }
 // LogValue implements slog.LogValuer with the kid and algorithm only.
 func (k Key) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("kid", k.id), slog.String("alg", string(k.alg)))
-}
-
-// sign signs msg; k must be able to sign.
-func (k Key) sign(msg []byte) []byte { return k.signFn(msg) }
-
-// verify checks sig over msg with the algorithm the key was loaded with, never
-// with one named by the token: the caller has already required the header alg
-// to equal k.alg, and the function was fixed when the key was made, so an
-// Ed25519 public key can never be used as an HMAC secret.
-func (k Key) verify(msg, sig []byte) bool { return k.verifyFn(msg, sig) }
-
-func hmacSHA256(secret, msg []byte) []byte {
-	m := hmac.New(sha256.New, secret)
-	m.Write(msg)
-	return m.Sum(nil)
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // DefaultTTL is how long an issued token stays valid unless told otherwise:
@@ -36,11 +38,14 @@ type SignerOptions struct {
 // keys, build a Signer with the new key and swap it in once every verifier
 // knows the new key.
 type Signer struct {
-	key    Key
-	header string // base64url of the header, fixed for the key
-	ttl    time.Duration
-	now    func() time.Time
-	rand   io.Reader
+	kid string
+	// sign is go-jose's signer for the key, kept as a method value for the
+	// reason Key keeps its material in closures: fmt prints a function as an
+	// address, never the key inside.
+	sign func(payload []byte) (*jose.JSONWebSignature, error)
+	ttl  time.Duration
+	now  func() time.Time
+	rand io.Reader
 }
 
 // NewSigner returns a Signer for key, which must be able to sign (an Ed25519
@@ -65,21 +70,26 @@ func NewSigner(key Key, opts *SignerOptions) (*Signer, error) {
 	if o.Rand == nil {
 		o.Rand = rand.Reader
 	}
-	h, err := json.Marshal(header{Alg: key.alg, KID: key.id, Typ: "JWT"})
+	// The header is {"alg":...,"kid":...,"typ":"JWT"}: go-jose writes alg
+	// from the key, and the kid is ours, not one it derives.
+	js, err := jose.NewSigner(
+		jose.SigningKey{Algorithm: jose.SignatureAlgorithm(key.alg), Key: key.private()},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", key.id),
+	)
 	if err != nil {
-		return nil, fmt.Errorf("token: new signer: encoding header: %w", err)
+		return nil, fmt.Errorf("token: new signer: %w", err)
 	}
 	return &Signer{
-		key:    key,
-		header: base64.RawURLEncoding.EncodeToString(h),
-		ttl:    o.TTL,
-		now:    o.Now,
-		rand:   o.Rand,
+		kid:  key.id,
+		sign: js.Sign,
+		ttl:  o.TTL,
+		now:  o.Now,
+		rand: o.Rand,
 	}, nil
 }
 
 // KeyID returns the kid of the signing key.
-func (s *Signer) KeyID() string { return s.key.id }
+func (s *Signer) KeyID() string { return s.kid }
 
 // Sign encodes and signs claims exactly as given. It refuses claims that no
 // verifier would accept whatever the time (no audience, no ID, no expiry,
@@ -92,19 +102,18 @@ func (s *Signer) Sign(claims Claims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("token: signing: encoding claims: %w", err)
 	}
-	enc := base64.RawURLEncoding
-	n := len(s.header) + 1 + enc.EncodedLen(len(payload))
-	buf := make([]byte, 0, n+1+enc.EncodedLen(64))
-	buf = append(buf, s.header...)
-	buf = append(buf, '.')
-	buf = enc.AppendEncode(buf, payload)
-	sig := s.key.sign(buf)
-	buf = append(buf, '.')
-	buf = enc.AppendEncode(buf, sig)
-	if len(buf) > MaxTokenLength {
-		return "", fmt.Errorf("token: signing: token is %d bytes, more than %d", len(buf), MaxTokenLength)
+	jws, err := s.sign(payload)
+	if err != nil {
+		return "", fmt.Errorf("token: signing: %w", err)
 	}
-	return string(buf), nil
+	tok, err := jws.CompactSerialize()
+	if err != nil {
+		return "", fmt.Errorf("token: signing: serialising: %w", err)
+	}
+	if len(tok) > MaxTokenLength {
+		return "", fmt.Errorf("token: signing: token is %d bytes, more than %d", len(tok), MaxTokenLength)
+	}
+	return tok, nil
 }
 
 // Issue makes a token for one backend: aud is audience, sub is subject (may be

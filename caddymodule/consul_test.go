@@ -355,7 +355,7 @@ func TestWSLeastConnSelect(t *testing.T) {
 			reports[u] = e
 		}
 		now = now.Add(time.Second)
-		e.ObserveReport(conns, capacity, version, now)
+		e.ObserveReport(wsbackend.Report{Connections: conns, Capacity: capacity, Version: version}, now)
 	}
 	pick := func() *reverseproxy.Upstream { return selectLeastLoaded(pool, countOf, reportOf) }
 

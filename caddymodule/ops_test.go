@@ -163,7 +163,7 @@ func TestRebalancePickVictim(t *testing.T) {
 		ups := make([]*wsbackend.Upstream, len(loads))
 		for i, n := range loads {
 			b := wsbackend.NewBackend(fmt.Sprintf("10.0.0.%d:80", i+1))
-			b.ObserveReport(n, 0, 1, time.Now())
+			b.ObserveReport(wsbackend.Report{Connections: n, Capacity: 0, Version: 1}, time.Now())
 			ups[i] = &wsbackend.Upstream{Backend: b}
 		}
 		return ups

@@ -136,7 +136,7 @@ func (s *Source) upstream(in Instance, b *wsbackend.Backend, now time.Time) *wsb
 	conns, okConns := s.metaCount(in, wsbackend.MetaConnections)
 	switch {
 	case okConns:
-		b.ObserveReport(conns, capacity, in.ModifyIndex, now)
+		b.ObserveReport(wsbackend.Report{Connections: conns, Capacity: capacity, Version: in.ModifyIndex, TakenAt: s.countedAt(in)}, now)
 	default:
 		// No count: the balancer counts alone. A capacity given without a
 		// count still caps the backend.
@@ -162,6 +162,16 @@ func (s *Source) metaCount(in Instance, key string) (n int64, ok bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// countedAt reads when the backend took its count, or zero when the meta
+// is absent or malformed (which is logged).
+func (s *Source) countedAt(in Instance) time.Time {
+	ms, ok := s.metaCount(in, wsbackend.MetaCountedAt)
+	if !ok {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
 }
 
 // Interface guards

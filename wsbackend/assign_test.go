@@ -236,7 +236,7 @@ func TestAssignRespectsLimits(t *testing.T) {
 	clk := newFakeClock()
 	ups := staticUpstreams(t, clk, "10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1")
 	ups[0].MaxConns = 2
-	ups[1].ObserveReport(3, 4, 1, clk.Now()) // reported 3 of a capacity of 4
+	ups[1].ObserveReport(Report{Connections: 3, Capacity: 4, Version: 1}, clk.Now()) // reported 3 of a capacity of 4
 	ups[2].Draining = true
 	a := newTestAssigner(t, poolOf(ups...), AssignOptions{Signer: testSigner(t, priv), Hold: time.Second, RetryAfter: 2 * time.Second, Now: clk.Now})
 	got := map[string]int{}
@@ -402,7 +402,7 @@ func simulate(t testing.TB, sc simScenario, policy int, seed uint64) []int64 {
 		for j := range ups {
 			b := NewBackend(fmt.Sprintf("b%d:1", j))
 			b.assigned.now = clk.Now
-			b.ObserveReport(sc.start[j], 0, 1, t0)
+			b.ObserveReport(Report{Connections: sc.start[j], Capacity: 0, Version: 1}, t0)
 			ups[j] = &Upstream{Backend: b, ID: b.Addr(), URL: &url.URL{Scheme: "ws", Host: b.Addr()}}
 		}
 		hold := time.Duration(0)
@@ -468,7 +468,7 @@ func simulate(t testing.TB, sc simScenario, policy int, seed uint64) []int64 {
 			w.tokens = min(2, w.tokens+2*step.Seconds())
 			if w.inFlight && w.due <= now {
 				for j, u := range bals[i].ups {
-					u.ObserveReport(w.counts[j], 0, w.versions[j], clk.Now())
+					u.ObserveReport(Report{Connections: w.counts[j], Capacity: 0, Version: w.versions[j]}, clk.Now())
 				}
 				w.inFlight = false
 			}

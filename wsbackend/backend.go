@@ -31,6 +31,9 @@ type Backend struct {
 	drained atomic.Bool
 
 	report atomic.Pointer[loadReport]
+	// history is this process's live count over its last changes, kept
+	// once reports say when their count was taken (see ObserveReport).
+	history atomic.Pointer[liveHistory]
 
 	// relays are the connections this process relays to the backend, so
 	// that they can be closed gracefully (shutdown, draining).
@@ -48,10 +51,11 @@ type loadReport struct {
 	connections int64
 	capacity    int64
 	version     uint64
-	// baseline is this process's live count at the moment the report was
-	// taken in: everything above it was opened after the report and is not
-	// included in it. (Recent assignments are held on top for their own
-	// time instead.)
+	// baseline is this process's live count at the moment the backend
+	// took the report's count (or, for a report that does not say when,
+	// when it arrived): everything above it was opened after the snapshot
+	// and is not included in it. (Recent assignments are held on top for
+	// their own time instead.)
 	baseline int64
 	at       time.Time
 }
@@ -98,27 +102,98 @@ func (b *Backend) Reported() (connections int64, at time.Time, ok bool) {
 	return r.connections, r.at, true
 }
 
-// ObserveReport records a load report from the backend. version identifies
-// the report (for Consul, the service's ModifyIndex): a report seen again
-// with the same version is ignored, so that this process's baseline is
-// taken only once per report.
-func (b *Backend) ObserveReport(connections, capacity int64, version uint64, now time.Time) {
+// Report is a backend's load report, as published through service
+// discovery.
+type Report struct {
+	// Connections is the backend's live connection count.
+	Connections int64
+	// Capacity is the most connections it accepts; 0 means unknown.
+	Capacity int64
+	// Version identifies the report (for Consul, the service's
+	// ModifyIndex): a report seen again with the same version is ignored,
+	// so that this process's baseline is taken only once per report.
+	Version uint64
+	// TakenAt is when the backend read Connections, by its clock; zero
+	// when the report does not say.
+	TakenAt time.Time
+}
+
+// ObserveReport records a load report from the backend, taken in at now.
+//
+// The report's count holds the connections this process opened before the
+// backend's snapshot, and not those after. With TakenAt, the baseline is
+// this process's live count at that moment (from a short history of its
+// changes), so the connections opened while the report was on its way
+// (published, written through Consul, read by the watch) count once, in
+// the live part. Without it, the baseline is the live count now, which
+// leaves those connections out of both terms until the next report.
+//
+// Clocks: TakenAt is the backend's wall clock, compared with this
+// process's. A skew of s misplaces the snapshot by s: the connections this
+// process opened to the backend within s of it are counted twice (backend
+// clock behind) or not at all (ahead) until the next report. NTP keeps s
+// to milliseconds, a few connections at the very most; a TakenAt in the
+// future is read as now.
+func (b *Backend) ObserveReport(rep Report, now time.Time) {
 	prev := b.report.Load()
-	if prev != nil && prev.version == version && prev.connections == connections && prev.capacity == capacity {
+	if prev != nil && prev.version == rep.Version && prev.connections == rep.Connections && prev.capacity == rep.Capacity {
 		return
 	}
 	var growth int64
 	if prev != nil {
-		growth = connections - prev.connections
+		growth = rep.Connections - prev.connections
 	}
 	b.report.Store(&loadReport{
-		connections: connections,
-		capacity:    capacity,
-		version:     version,
-		baseline:    b.live.Load(),
+		connections: rep.Connections,
+		capacity:    rep.Capacity,
+		version:     rep.Version,
+		baseline:    b.liveAt(rep.TakenAt, now),
 		at:          now,
 	})
 	b.assigned.reported(now, growth)
+}
+
+// liveAt returns this process's live count at taken (now if taken is zero
+// or not before now), and starts the history that later reports read.
+func (b *Backend) liveAt(taken, now time.Time) int64 {
+	h := b.history.Load()
+	if taken.IsZero() {
+		return b.live.Load()
+	}
+	if h == nil {
+		// The first timed report: no history to read yet. From now on
+		// every change is recorded.
+		h = &liveHistory{}
+		h.mu.Lock()
+		if !b.history.CompareAndSwap(nil, h) {
+			h.mu.Unlock()
+			return b.liveAt(taken, now)
+		}
+		h.start = b.live.Load()
+		h.mu.Unlock()
+		return h.start
+	}
+	ago := now.Sub(taken)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ago <= 0 {
+		return b.live.Load()
+	}
+	return h.at(monotonic(now)-ago, h.start)
+}
+
+// addLive changes this process's live count by delta and returns the new
+// count, recording the change when reports read the history.
+func (b *Backend) addLive(delta int64) int64 {
+	h := b.history.Load()
+	if h == nil {
+		return b.live.Add(delta)
+	}
+	h.mu.Lock()
+	n := b.live.Add(delta)
+	h.record(monotonic(time.Now()), n)
+	h.mu.Unlock()
+	return n
 }
 
 // ForgetReport drops the backend's report, returning to local counting.
@@ -176,13 +251,8 @@ func (b *Backend) Stats(now time.Time) Stats {
 	return s
 }
 
-// connOpened and connClosed bracket one relayed connection.
-func (b *Backend) connOpened() {
-	b.live.Add(1)
-	b.connsTotal.Add(1)
-}
-
-func (b *Backend) connClosed() { b.live.Add(-1) }
+// connClosed ends one relayed connection (reserve began it).
+func (b *Backend) connClosed() { b.addLive(-1) }
 
 func (b *Backend) track(r *relay) {
 	b.mu.Lock()

@@ -99,6 +99,12 @@ func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
+	if err := eventLoopErr(); err != nil {
+		// Connections still work, two goroutines each, but at several
+		// times the memory the event loop needs: whoever sized the
+		// machine for the event loop must hear of it.
+		o.Logger.Warn("event loop unavailable; relaying every connection with two goroutines", zap.Error(err))
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -185,15 +191,15 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 // instead of all seeing the same least-loaded backend. It fails if that
 // would pass the backend's limit.
 func (u *Upstream) reserve() bool {
-	u.live.Add(1)
+	u.addLive(1)
 	if limit := u.Limit(); limit > 0 && u.Load() > limit {
-		u.live.Add(-1)
+		u.addLive(-1)
 		return false
 	}
 	return true
 }
 
-func (u *Upstream) unreserve() { u.live.Add(-1) }
+func (u *Upstream) unreserve() { u.addLive(-1) }
 
 // handshake dials the backend and exchanges the upgrade request and answer.
 func (p *Proxy) handshake(ctx context.Context, u *Upstream, r *http.Request, fwd ForwardedFor) (conn net.Conn, resp *http.Response, br *bufio.Reader, err error) {

@@ -166,7 +166,7 @@ func TestLoadHoldsAssignmentsAcrossReports(t *testing.T) {
 	clk := newFakeClock()
 	b := NewBackend("a:1")
 	b.assigned.now = clk.Now
-	b.ObserveReport(10, 0, 1, clk.Now())
+	b.ObserveReport(Report{Connections: 10, Capacity: 0, Version: 1}, clk.Now())
 	for range 5 {
 		b.assigned.add(5*time.Second, time.Second)
 	}
@@ -174,20 +174,20 @@ func TestLoadHoldsAssignmentsAcrossReports(t *testing.T) {
 		t.Fatalf("load = %d, want 10 reported + 5 assigned", l)
 	}
 	clk.Advance(300 * time.Millisecond)
-	b.ObserveReport(12, 0, 2, clk.Now()) // may predate the clients' connections
+	b.ObserveReport(Report{Connections: 12, Capacity: 0, Version: 2}, clk.Now()) // may predate the clients' connections
 	if l := b.Load(); l != 17 {
 		t.Fatalf("load after an early report = %d, want 12 + 5 still held", l)
 	}
-	b.connOpened() // a relayed connection after the report
+	b.addLive(1) // a relayed connection after the report
 	if l := b.Load(); l != 18 {
 		t.Fatalf("load = %d, want 12 + 1 live + 5 held", l)
 	}
 	clk.Advance(time.Second)
-	b.ObserveReport(12, 0, 2, clk.Now()) // the same report seen again: ignored
+	b.ObserveReport(Report{Connections: 12, Capacity: 0, Version: 2}, clk.Now()) // the same report seen again: ignored
 	if l := b.Load(); l != 18 {
 		t.Fatalf("load after a repeated report = %d, want 18", l)
 	}
-	b.ObserveReport(16, 0, 3, clk.Now()) // includes the assignments and the relayed one
+	b.ObserveReport(Report{Connections: 16, Capacity: 0, Version: 3}, clk.Now()) // includes the assignments and the relayed one
 	if l := b.Load(); l != 16 {
 		t.Fatalf("load after a report past the lag = %d, want 16", l)
 	}

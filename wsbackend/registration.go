@@ -280,6 +280,8 @@ func (r *Registration) registration(connections int64) *api.AgentServiceRegistra
 	}
 	if connections >= 0 {
 		meta[MetaConnections] = strconv.FormatInt(connections, 10)
+		// The Reporter read the count just before calling register.
+		meta[MetaCountedAt] = strconv.FormatInt(time.Now().UnixMilli(), 10)
 	}
 	if r.opts.Capacity > 0 {
 		meta[MetaCapacity] = strconv.FormatInt(r.opts.Capacity, 10)

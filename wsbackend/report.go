@@ -14,6 +14,12 @@ const (
 	// re-registration is a Raft write that wakes every watcher, so backends
 	// publish in coarse steps: see the library's Reporter).
 	MetaConnections = "ws_connections"
+	// MetaCountedAt is when the backend read the count in MetaConnections,
+	// in Unix milliseconds by its clock. Balancers match the report with
+	// their own count at that moment, so that connections opened while
+	// the report travelled are counted once. Optional: without it a
+	// balancer matches the report with its count on arrival.
+	MetaCountedAt = "ws_counted_at"
 	// MetaCapacity is how many connections the backend accepts at most, a
 	// decimal integer; absent or 0 means unlimited. It caps the backend's
 	// load like max_conns.

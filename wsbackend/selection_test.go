@@ -33,8 +33,8 @@ func TestLeastLoaded(t *testing.T) {
 		{"draining skipped", []int64{0, 5}, func(u []*Upstream) { u[0].Draining = true }, []string{"b"}, -1},
 		{"full skipped", []int64{3, 5}, func(u []*Upstream) { u[0].MaxConns = 3 }, []string{"b"}, -1},
 		{"all full", []int64{3, 3}, func(u []*Upstream) { u[0].MaxConns, u[1].MaxConns = 3, 2 }, nil, -1},
-		{"reported capacity caps", []int64{0, 5}, func(u []*Upstream) { u[0].ObserveReport(10, 10, 1, now) }, []string{"b"}, -1},
-		{"reported load counts", []int64{0, 5}, func(u []*Upstream) { u[0].ObserveReport(50, 0, 1, now) }, []string{"b"}, -1},
+		{"reported capacity caps", []int64{0, 5}, func(u []*Upstream) { u[0].ObserveReport(Report{Connections: 10, Capacity: 10, Version: 1}, now) }, []string{"b"}, -1},
+		{"reported load counts", []int64{0, 5}, func(u []*Upstream) { u[0].ObserveReport(Report{Connections: 50, Capacity: 0, Version: 1}, now) }, []string{"b"}, -1},
 		{"expired mark is healthy", []int64{0, 5}, func(u []*Upstream) { u[0].MarkDown(now.Add(-time.Hour), time.Minute) }, []string{"a"}, -1},
 		{"skip tried", []int64{0, 5}, nil, []string{"b"}, 0},
 	} {
@@ -125,7 +125,7 @@ func TestLoadWithReports(t *testing.T) {
 	if b.Load() != 3 {
 		t.Fatalf("load without report %d, want own 3", b.Load())
 	}
-	b.ObserveReport(40, 100, 7, now) // includes our 3
+	b.ObserveReport(Report{Connections: 40, Capacity: 100, Version: 7}, now) // includes our 3
 	if b.Load() != 40 {
 		t.Fatalf("load right after report %d, want 40", b.Load())
 	}
@@ -133,7 +133,7 @@ func TestLoadWithReports(t *testing.T) {
 	if b.Load() != 42 {
 		t.Fatalf("load %d, want report 40 + 2 opened since", b.Load())
 	}
-	b.ObserveReport(40, 100, 7, now) // same report seen again: baseline kept
+	b.ObserveReport(Report{Connections: 40, Capacity: 100, Version: 7}, now) // same report seen again: baseline kept
 	if b.Load() != 42 {
 		t.Fatalf("repeated report moved load to %d", b.Load())
 	}
@@ -141,7 +141,7 @@ func TestLoadWithReports(t *testing.T) {
 	if b.Load() != 37 {
 		t.Fatalf("load %d, want 37", b.Load())
 	}
-	b.ObserveReport(0, 0, 8, now)
+	b.ObserveReport(Report{Connections: 0, Capacity: 0, Version: 8}, now)
 	b.live.Add(-1)
 	if b.Load() != 0 {
 		t.Fatalf("load %d, must not go below zero", b.Load())

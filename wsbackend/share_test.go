@@ -29,7 +29,7 @@ func TestShareEstimator(t *testing.T) {
 			clk := newFakeClock()
 			ups := staticUpstreams(t, clk, "10.0.0.1:1", "10.0.0.2:1")
 			for _, u := range ups {
-				u.ObserveReport(1000, 0, 1, clk.Now())
+				u.ObserveReport(Report{Connections: 1000, Capacity: 0, Version: 1}, clk.Now())
 			}
 			var e shareEstimator
 			e.observe(ups) // the reports intervals are measured from
@@ -39,7 +39,7 @@ func TestShareEstimator(t *testing.T) {
 				ups[1].assigned.add(5*time.Second, time.Hour)
 			}
 			clk.Advance(time.Second)
-			ups[0].ObserveReport(1000+tt.growth, 0, 2, clk.Now())
+			ups[0].ObserveReport(Report{Connections: 1000 + tt.growth, Capacity: 0, Version: 2}, clk.Now())
 			e.observe(ups)
 			if e.scale != tt.wantScale {
 				t.Fatalf("scale %v, want %v", e.scale, tt.wantScale)

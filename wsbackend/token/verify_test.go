@@ -134,7 +134,7 @@ func TestVerify(t *testing.T) {
 	other := edKey(t, 2) // not known to the verifier
 	hk := hmacKey(t, 7, "h1")
 	edPub := ed.Public()
-	pubBytes := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, ed25519.SeedSize)).Public().(ed25519.PublicKey)
+	pubBytes := edPubOf(1)
 
 	edHeader := fmt.Sprintf(`{"alg":"EdDSA","kid":%q,"typ":"JWT"}`, ed.ID())
 	hsHeader := `{"alg":"HS256","kid":"h1","typ":"JWT"}`
@@ -264,6 +264,26 @@ func TestVerify(t *testing.T) {
 			return tok[:len(tok)-8] + "\n" + tok[len(tok)-8:]
 		}, 0, token.ReasonMalformed},
 		{"padding", func(s, _ *token.Signer) string { return mustIssue(t, s, "backend-a", 0) + "==" }, 0, token.ReasonMalformed},
+		{"second spelling of an ed25519 signature", func(s, _ *token.Signer) string {
+			return respell(mustIssue(t, s, "backend-a", 0))
+		}, 0, token.ReasonMalformed},
+		{"second spelling of an hmac signature", func(_, hs *token.Signer) string {
+			return respell(mustIssue(t, hs, "backend-a", 0))
+		}, 0, token.ReasonMalformed},
+		{"b64 header, validly signed", func(_, _ *token.Signer) string {
+			return assemble(`{"alg":"HS256","kid":"h1","b64":false}`, validClaims("x"), hmacWith(bytes.Repeat([]byte{7}, 32)))
+		}, 0, token.ReasonMalformed},
+		{"typ other than JWT, validly signed", func(_, _ *token.Signer) string {
+			return assemble(`{"alg":"HS256","kid":"h1","typ":"at+jwt"}`, validClaims("x"), hmacWith(bytes.Repeat([]byte{7}, 32)))
+		}, 0, token.ReasonMalformed},
+		{"embedded jwk is not used", func(_, _ *token.Signer) string {
+			jwk := fmt.Sprintf(`{"kty":"OKP","crv":"Ed25519","x":%q}`, base64.RawURLEncoding.EncodeToString(edPubOf(2)))
+			return assemble(`{"alg":"EdDSA","kid":"`+other.ID()+`","jwk":`+jwk+`}`, validClaims("x"), edWith(2))
+		}, 0, token.ReasonUnknownKID},
+		{"embedded jwk under our kid is not used", func(_, _ *token.Signer) string {
+			jwk := fmt.Sprintf(`{"kty":"OKP","crv":"Ed25519","x":%q}`, base64.RawURLEncoding.EncodeToString(edPubOf(2)))
+			return assemble(`{"alg":"EdDSA","kid":"`+ed.ID()+`","jwk":`+jwk+`}`, validClaims("x"), edWith(2))
+		}, 0, token.ReasonBadSignature},
 		{"standard base64 alphabet", func(_, _ *token.Signer) string { return "a+b/.c.d" }, 0, token.ReasonMalformed},
 		{"too long", func(_, _ *token.Signer) string {
 			return strings.Repeat("A", token.MaxTokenLength) + ".A.A"
@@ -300,6 +320,19 @@ func TestVerify(t *testing.T) {
 			wantReason(t, err, token.ReasonReplayed)
 		})
 	}
+}
+
+// respell changes the unused low bits of tok's last character: the
+// signature decodes to the same bytes under a lenient decoder, but the
+// spelling is not canonical base64url.
+func respell(tok string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	i := strings.IndexByte(alphabet, tok[len(tok)-1])
+	return tok[:len(tok)-1] + string(alphabet[i^1])
+}
+
+func edPubOf(seed byte) ed25519.PublicKey {
+	return ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, ed25519.SeedSize)).Public().(ed25519.PublicKey)
 }
 
 // mutateSig re-encodes tok with its decoded signature changed by f, so the
@@ -578,6 +611,8 @@ func FuzzVerify(f *testing.F) {
 		parts := strings.Split(tok, ".")
 		f.Add(b64(`{"alg":"none","kid":"h1"}`) + "." + parts[1] + ".")
 		f.Add(b64(`{"alg":"HS256","kid":"h1","crit":["b64"],"b64":false}`) + "." + parts[1] + "." + parts[2])
+		f.Add(b64(`{"alg":"HS256","kid":"h1","b64":false}`) + "." + parts[1] + "." + parts[2])
+		f.Add(respell(tok))
 	}
 	f.Add("")
 	f.Add("..")

@@ -20,13 +20,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"os/exec"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -113,7 +113,7 @@ func waitAssignable(t *testing.T, ctx context.Context, caddies []*harness.Caddy,
 	}
 }
 
-// Acceptance 1: a burst of 3000 assignments in one second from 50 clients
+// A burst of 3000 assignments in one second from 50 clients
 // through two Caddy instances, over three backends that report 0/0/0 through
 // Consul (re-publishing at most every 2s), ends within ±10% of even once
 // every client has connected with its token. For contrast, the same burst
@@ -124,7 +124,7 @@ func waitAssignable(t *testing.T, ctx context.Context, caddies []*harness.Caddy,
 // (cmd/wsecho, registering and reporting through wsbackend.Register and
 // verifying tokens with token.Middleware) and the 50 clients
 // (test/assignburst). Only the Consul test agent is in this process. So the
-// burst takes about the second the acceptance asks for even under -race,
+// burst takes about the second this test asks for even under -race,
 // where clients in this process stretched it to 4-5 s. The test does not
 // run in parallel with the package's others for the same reason.
 func TestAssignBurstSpreadsEvenly(t *testing.T) {
@@ -292,7 +292,7 @@ func encodeSegment(t *testing.T, v any) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// Acceptance 2: tokens from a real /assign, tampered with or misused, are
+// Tokens from a real /assign, tampered with or misused, are
 // rejected by the backend's token.Middleware with 401 or 403 and a logged,
 // counted reason; a valid one is accepted once.
 func TestAssignTokensRejectedByBackend(t *testing.T) {
@@ -406,7 +406,7 @@ func TestAssignTokensRejectedByBackend(t *testing.T) {
 	t.Logf("rejections counted: %s: %s; %s: %s", a.ID, a.Rejects.String(), b.ID, b.Rejects.String())
 }
 
-// Acceptance 3: rotating the signing key through a Caddy reload. During the
+// Rotating the signing key through a Caddy reload. During the
 // overlap the backends verify with the new and the previous public key, and
 // tokens from before the reload still work; once the previous key is
 // removed, they do not.
@@ -517,7 +517,7 @@ func rawAssignRequest(t *testing.T, addr, req string) *http.Response {
 	return resp
 }
 
-// Acceptance 4: nothing in a request changes where /assign sends the
+// Nothing in a request changes where /assign sends the
 // client: every redirect and every JSON url goes to a registered backend.
 func TestAssignNoOpenRedirect(t *testing.T) {
 	t.Parallel()
@@ -700,31 +700,28 @@ func runAssignBurst(t *testing.T, urls []string, n, conc int, d time.Duration) (
 	t.Helper()
 	cmd := exec.Command(harness.AssignBurstBinary(t), "-assign", strings.Join(urls, ","),
 		"-n", strconv.Itoa(n), "-c", strconv.Itoa(conc), "-over", d.String())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	stdout, err := cmd.StdoutPipe()
+	// Not StdoutPipe: the harness waits for the process from the start,
+	// and Wait closes that pipe, under the reader if the process ends.
+	stdout, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { stdout.Close() })
+	cmd.Stdout = w
+	p := harness.StartCmd(t, cmd)
+	w.Close()
 	var once sync.Once
 	release := func() {
 		once.Do(func() {
 			stdin.Close()
-			done := make(chan struct{})
-			go func() { cmd.Wait(); close(done) }()
 			select {
-			case <-done:
+			case <-p.Done():
 			case <-time.After(30 * time.Second):
-				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-				<-done
+				p.Kill()
 			}
 		})
 	}
@@ -732,7 +729,7 @@ func runAssignBurst(t *testing.T, urls []string, n, conc int, d time.Duration) (
 	var res harness.AssignBurstResult
 	if err := json.NewDecoder(stdout).Decode(&res); err != nil {
 		release()
-		t.Fatalf("assignburst: %v\n%s", err, stderr.String())
+		t.Fatalf("assignburst: %v\n%s", err, p.Output())
 	}
 	return &res, release
 }

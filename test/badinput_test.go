@@ -40,7 +40,7 @@ func rawRequest(t *testing.T, addr, req string) (*http.Response, error) {
 
 const upgradeHeaders = "Connection: Upgrade\r\nUpgrade: websocket\r\n"
 
-// Acceptance 5: bad input gets a clear error, leaks no goroutine and does not
+// Bad input gets a clear error, leaks no goroutine and does not
 // disturb other clients.
 func TestBadInput(t *testing.T) {
 	t.Parallel()

@@ -106,7 +106,7 @@ func (rc *reconnectors) run(ctx context.Context, connectedFirst func()) {
 	}
 }
 
-// Acceptance: a backend holding 300 connections, drained through the admin
+// A backend holding 300 connections, drained through the admin
 // API with drain_close_rate 100/s, is empty in about 3 s; every client
 // reconnects to the other backends without error; the drained backend gets
 // no new connection; the drain mark outlives a reload and can be undone.

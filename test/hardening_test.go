@@ -17,7 +17,7 @@ import (
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
 )
 
-// Acceptance: 1,000 clients from one IP over max_conns_per_ip: the excess
+// 1,000 clients from one IP over max_conns_per_ip: the excess
 // get 429, and clients from other IPs are unaffected.
 func TestMaxConnsPerIP(t *testing.T) {
 	t.Parallel()
@@ -233,7 +233,7 @@ func TestIdleTimeout(t *testing.T) {
 	}
 }
 
-// Acceptance: 500 half-open handshakes (slowloris) do not keep a normal
+// 500 half-open handshakes (slowloris) do not keep a normal
 // client from connecting within 1 s; Caddy's read_header timeout (3s in
 // the harness) ends them.
 func TestSlowlorisDoesNotBlock(t *testing.T) {

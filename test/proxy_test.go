@@ -91,7 +91,7 @@ func waitLive(t *testing.T, ctx context.Context, bs []*harness.EchoBackend, want
 	}
 }
 
-// Acceptance 1: 300 held connections spread 100 ± 10 over three backends;
+// 300 held connections spread 100 ± 10 over three backends;
 // after one backend loses all its connections, it gets ≥ 80 of the next 100.
 func TestProxySpreadsAndRefills(t *testing.T) {
 	t.Parallel()
@@ -131,7 +131,7 @@ func TestProxySpreadsAndRefills(t *testing.T) {
 	}
 }
 
-// Acceptance 3: clients of a killed backend are closed within 2 s; the next
+// Clients of a killed backend are closed within 2 s; the next
 // 100 connections all succeed on the survivors.
 func TestProxyKilledBackend(t *testing.T) {
 	t.Parallel()
@@ -192,7 +192,7 @@ func isTimeout(err error) bool {
 	return ok && te.Timeout()
 }
 
-// Acceptance 4: a config reload (unchanged, then with a changed backend list)
+// A config reload (unchanged, then with a changed backend list)
 // while 200 connections are held: all still echo, and the admin counts add
 // up to 200.
 func TestProxySurvivesReload(t *testing.T) {

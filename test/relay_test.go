@@ -15,7 +15,7 @@ import (
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
 )
 
-// Acceptance 2: the relay is faithful: messages of every kind and size,
+// The relay is faithful: messages of every kind and size,
 // fragmentation, subprotocols, close codes both ways, permessage-deflate and
 // the forwarded request.
 func TestRelayFaithful(t *testing.T) {

@@ -147,16 +147,12 @@ func TestSourceAddressesPastPortRange(t *testing.T) {
 // root; the namespace has its own loopback and its own port range, so the
 // machine's settings are not touched.
 func runInNetns(t *testing.T, name string) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace (ip netns add)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs the ip command (Debian package iproute2)")
-	}
+	harness.Require(t, "root, to create a network namespace (ip netns add)", os.Geteuid() == 0)
+	_, err := exec.LookPath("ip")
+	harness.Require(t, "the ip command (Debian package iproute2)", err == nil)
 	ns := fmt.Sprintf("wsbtest-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Skipf("cannot create a network namespace here: %v: %s", err, out)
-	}
+	out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput()
+	harness.Require(t, fmt.Sprintf("a network namespace (ip netns add: %v: %s)", err, strings.TrimSpace(string(out))), err == nil)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("bringing lo up in %s: %v: %s", ns, err, out)
@@ -171,7 +167,7 @@ func runInNetns(t *testing.T, name string) {
 	cmd := exec.Command("ip", "netns", "exec", ns, self, "-test.run", "^"+name+"$", "-test.v", "-test.timeout", "5m")
 	cmd.Env = append(os.Environ(), inNetnsEnv+"=1", "WSB_CADDY_BIN="+caddy)
 	cmd.Dir, _ = os.Getwd()
-	out, err := cmd.CombinedOutput()
+	out, err = cmd.CombinedOutput()
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.Contains(line, ".go:") || strings.HasPrefix(strings.TrimSpace(line), "---") {
 			t.Log(strings.TrimSpace(line))

@@ -10,7 +10,7 @@ import (
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
 )
 
-// Issue 6, acceptance 3: 9,000 connections held through one instance for 60 s
+// 9,000 connections held through one instance for 60 s
 // (WSB_SOAK overrides) with an echo on each every few seconds: none lost,
 // and the proxy's memory does not grow once the connections are up.
 func TestSoak9000(t *testing.T) {

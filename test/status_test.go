@@ -61,10 +61,7 @@ var pollsRe = regexp.MustCompile(`id="updated" data-polls="(\d+)"`)
 // The status page, loaded in headless Chromium, shows each backend's state
 // and live count, draws the chart, and updates itself by polling its JSON.
 func TestStatusPageInBrowser(t *testing.T) {
-	bin := harness.ChromiumPath()
-	if bin == "" {
-		t.Skip("skipping the status page test: no Chromium at /usr/bin/chromium (apt-get install -y chromium, or set WSB_CHROMIUM)")
-	}
+	bin := harness.Chromium(t)
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -87,6 +87,18 @@ var eventLoopOff atomic.Bool
 // connections always are. For comparisons in benchmarks and tests.
 func SetEventLoop(on bool) { eventLoopOff.Store(!on) }
 
+// eventLoopErr starts the event loops on first use and reports why they
+// could not start (epoll or eventfd refused, say by a seccomp profile): then
+// every connection is relayed by two goroutines instead, which works but
+// costs far more memory per connection.
+func eventLoopErr() error {
+	evLoopsOnce.Do(startEvLoops)
+	if evLoopsErr == nil && len(evLoops) == 0 {
+		return errors.New("no event loop started")
+	}
+	return evLoopsErr
+}
+
 func startEvLoops() {
 	n := runtime.GOMAXPROCS(0)
 	for range n {
@@ -166,9 +178,8 @@ func (r *relay) startEventLoop(client, backend net.Conn) bool {
 	if _, ok := backend.(*net.TCPConn); !ok {
 		return false
 	}
-	evLoopsOnce.Do(startEvLoops)
-	if evLoopsErr != nil || len(evLoops) == 0 {
-		return false
+	if eventLoopErr() != nil {
+		return false // NewProxy has warned
 	}
 	cfd, ok := takeFD(client)
 	if !ok {

@@ -85,11 +85,10 @@ func hasConnections(id string, n int64) func([]*api.ServiceEntry) bool {
 	}
 }
 
-// TestRegistrationCountVisibleWithin5s is acceptance test 7: against an
-// agent with Consul's default check_update_interval (output-only check
-// updates reach the servers minutes later), a change of more than 10% in the
-// count shows in ?passing health answers within 5 s, through the meta, while
-// the same count in the check output has not arrived.
+// Against an agent with Consul's default check_update_interval (output-only
+// check updates reach the servers minutes later), a change of more than 10%
+// in the count shows in ?passing health answers within 5 s, through the
+// meta, while the same count in the check output has not arrived.
 func TestRegistrationCountVisibleWithin5s(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -155,8 +154,7 @@ func TestRegistrationCountVisibleWithin5s(t *testing.T) {
 	}
 }
 
-// TestRegistrationFleetWriteBound is acceptance test 7's second half: 100
-// backends churning their counts against one agent cause at most one
+// 100 backends churning their counts against one agent cause at most one
 // re-registration per backend per MinPublishInterval, which with Consul's
 // default check_update_interval is the whole of their server writes. With
 // check_update_interval "0s" the heartbeat's output (which carries the

@@ -4,8 +4,8 @@
 // hold the connection.
 //
 // It runs as a process of its own, built without the race detector, so that
-// the burst reaches the speed the acceptance asks for (3000 in about one
-// second) even when the tests themselves run with -race. It prints one JSON
+// the burst reaches the speed its test asks for (3000 in about one second)
+// even when the tests themselves run with -race. It prints one JSON
 // line with the result, then holds the connections until its standard input
 // closes, so that the test can read the backends' counts meanwhile.
 //

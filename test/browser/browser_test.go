@@ -33,10 +33,7 @@ import (
 )
 
 func TestBrowserAssignAndConnect(t *testing.T) {
-	bin := harness.ChromiumPath()
-	if bin == "" {
-		t.Skip("skipping the browser test: no Chromium at /usr/bin/chromium (apt-get install -y chromium, or set WSB_CHROMIUM)")
-	}
+	bin := harness.Chromium(t)
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()

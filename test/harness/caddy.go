@@ -18,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -120,18 +119,17 @@ func FreePort(t testing.TB) int {
 	return 0
 }
 
-// Caddy is a running Caddy process.
+// Caddy is a running Caddy process. Like every child of the harness, it
+// fails its test if it races, panics or ends abnormally (see Process).
 type Caddy struct {
 	t         testing.TB
-	cmd       *exec.Cmd
+	proc      *Process
 	dir       string
 	HTTPPort  int
 	AdminPort int
 	// TLS: the site is served over HTTPS with Caddy's internal CA
 	// (StartCaddyTLS); URL gives wss:// URLs.
-	TLS  bool
-	log  *syncBuffer
-	done chan struct{}
+	TLS bool
 }
 
 // SiteConfig is the body of the test site; {backends} and the like are
@@ -161,20 +159,16 @@ func StartCaddyBinary(t testing.TB, bin, siteBody string) *Caddy {
 
 func startCaddy(t testing.TB, bin, siteBody string, tls bool) *Caddy {
 	t.Helper()
-	c := &Caddy{t: t, HTTPPort: FreePort(t), AdminPort: FreePort(t), TLS: tls, log: new(syncBuffer), done: make(chan struct{})}
+	c := &Caddy{t: t, HTTPPort: FreePort(t), AdminPort: FreePort(t), TLS: tls}
 	c.dir = t.TempDir()
 	if err := os.WriteFile(c.configPath(), []byte(c.Caddyfile(siteBody)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.cmd = exec.Command(bin, "run", "--config", c.configPath(), "--adapter", "caddyfile")
-	c.cmd.Stdout = c.log
-	c.cmd.Stderr = c.log
-	c.cmd.Env = append(os.Environ(), "HOME="+c.dir, "XDG_DATA_HOME="+c.dir, "XDG_CONFIG_HOME="+c.dir)
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { c.cmd.Wait(); close(c.done) }()
+	cmd := exec.Command(bin, "run", "--config", c.configPath(), "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+c.dir, "XDG_DATA_HOME="+c.dir, "XDG_CONFIG_HOME="+c.dir)
+	c.proc = StartCmd(t, cmd)
+	// Registered after StartCmd's check, so it runs before it: Caddy
+	// shuts down gracefully, and the check sees how that went.
 	t.Cleanup(c.Stop)
 	c.waitReady()
 	return c
@@ -215,8 +209,8 @@ func (c *Caddy) waitReady() {
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case <-c.done:
-			c.t.Fatalf("caddy exited at start:\n%s", c.log.String())
+		case <-c.proc.Done():
+			c.t.Fatalf("caddy exited at start:\n%s", c.Log())
 		default:
 		}
 		conn, err := net.DialTimeout("tcp", c.Addr(), 200*time.Millisecond)
@@ -236,7 +230,7 @@ func (c *Caddy) waitReady() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	c.t.Fatalf("caddy not ready after 60s:\n%s", c.log.String())
+	c.t.Fatalf("caddy not ready after 60s:\n%s", c.Log())
 }
 
 // Addr is the site's host:port.
@@ -251,7 +245,7 @@ func (c *Caddy) URL(path string) string {
 }
 
 // Log returns what Caddy has logged so far.
-func (c *Caddy) Log() string { return c.log.String() }
+func (c *Caddy) Log() string { return c.proc.Output() }
 
 // Reload loads a new site body through the admin API, as `caddy reload` does.
 func (c *Caddy) Reload(siteBody string) error {
@@ -340,10 +334,10 @@ func (c *Caddy) Metrics() (string, error) {
 }
 
 // RSS is the Caddy process's resident memory in bytes.
-func (c *Caddy) RSS() (int64, error) { return ProcessRSS(c.cmd.Process.Pid) }
+func (c *Caddy) RSS() (int64, error) { return ProcessRSS(c.Pid()) }
 
 // Pid is the Caddy process's ID.
-func (c *Caddy) Pid() int { return c.cmd.Process.Pid }
+func (c *Caddy) Pid() int { return c.proc.Pid() }
 
 // ProcessRSS reads VmRSS of a process from /proc.
 func ProcessRSS(pid int) (int64, error) {
@@ -361,23 +355,7 @@ func ProcessRSS(pid int) (int64, error) {
 }
 
 // Stop ends Caddy (SIGTERM, then SIGKILL after 5s) and waits for it.
-func (c *Caddy) Stop() {
-	if c.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-c.done:
-		return
-	default:
-	}
-	syscall.Kill(-c.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-c.done:
-	case <-time.After(5 * time.Second):
-		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-		<-c.done
-	}
-}
+func (c *Caddy) Stop() { c.proc.Stop() }
 
 // WaitFor polls cond every 20ms until it holds or timeout passes.
 func WaitFor(ctx context.Context, timeout time.Duration, cond func() bool) bool {

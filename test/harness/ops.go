@@ -27,7 +27,7 @@ func (c *Caddy) Admin(method, path string) (int, []byte, error) {
 }
 
 // Done is closed when the Caddy process has exited.
-func (c *Caddy) Done() <-chan struct{} { return c.done }
+func (c *Caddy) Done() <-chan struct{} { return c.proc.Done() }
 
 // DialFrom opens a client connection from the loopback source address src
 // (any 127.x.y.z works on Linux), so tests can play several client IPs.

@@ -126,12 +126,13 @@ func (v *Verifier) SetKeys(keys ...Key) error {
 
 // Verify checks a token and returns its claims, or an *Error saying why it is
 // rejected. The checks run in this order, and the first failure is returned:
-// length and spelling (malformed), header (malformed), alg (alg_mismatch), kid
-// (unknown_kid), alg against the key (alg_mismatch), signature
-// (bad_signature), claims (malformed), lifetime (too_long_lived), exp
-// (expired), nbf and iat (not_yet_valid), aud (wrong_audience), and last the
-// replay cache (replayed, replay_cache_full), so that only an otherwise valid
-// token uses up its ID.
+// length and spelling (malformed), header JSON (malformed), alg
+// (alg_mismatch), the other header members (malformed), kid (unknown_kid),
+// alg against the key (alg_mismatch), signature (bad_signature), claims
+// (malformed), lifetime (too_long_lived), exp (expired), nbf and iat
+// (not_yet_valid), aud (wrong_audience), and last the replay cache
+// (replayed, replay_cache_full), so that only an otherwise valid token uses
+// up its ID.
 //
 // Nothing in the token is trusted before the signature is checked, except the
 // kid and alg needed to find the key; the claims are not even parsed.

@@ -73,8 +73,9 @@ func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream,
 	}
 	rc := http.NewResponseController(w)
 	h := w.Header()
+	connection := resp.Header["Connection"]
 	for name, values := range resp.Header {
-		if !hopHeaders[name] && name != "Sec-Websocket-Accept" {
+		if !isHopHeader(connection, name) && name != "Sec-Websocket-Accept" {
 			h[name] = values
 		}
 	}

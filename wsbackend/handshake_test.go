@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -96,6 +97,8 @@ func TestCheckUpgrade(t *testing.T) {
 func TestWriteUpgradeRequest(t *testing.T) {
 	r := httptest.NewRequest(http.MethodGet, "http://site.example/ws?q=1", nil)
 	r.Header.Set("Connection", "Upgrade, X-Secret")
+	r.Header.Set("X-Secret", "for the next hop only")
+	r.Header.Set("Alt-Svc", `h3=":443"`)
 	r.Header.Set("Upgrade", "websocket")
 	r.Header.Set("Keep-Alive", "timeout=5")
 	r.Header.Set("Proxy-Authorization", "Basic c2VjcmV0")
@@ -105,18 +108,23 @@ func TestWriteUpgradeRequest(t *testing.T) {
 	r.Header["X-Evil"] = []string{"a\r\nInjected: yes"}
 	u, _ := ParseBackendURL("127.0.0.1:1")
 
+	noEdit := func(*http.Request, *Upstream, http.Header) {}
 	for _, tc := range []struct {
 		name    string
 		fwd     ForwardedFor
+		edit    HeaderEditor
 		wantXFF string
 	}{
-		{"untrusted client replaces XFF", ForwardedFor{ClientIP: "192.0.2.7"}, "192.0.2.7"},
-		{"trusted proxy extends XFF", ForwardedFor{ClientIP: "192.0.2.7", Trusted: true}, "10.0.0.1, 192.0.2.7"},
+		{"untrusted client replaces XFF", ForwardedFor{ClientIP: "192.0.2.7"}, nil, "192.0.2.7"},
+		{"trusted proxy extends XFF", ForwardedFor{ClientIP: "192.0.2.7", Trusted: true}, nil, "10.0.0.1, 192.0.2.7"},
+		// The copy header_up edits starts as exactly what goes out without it.
+		{"header editor that changes nothing", ForwardedFor{ClientIP: "192.0.2.7"}, noEdit, "192.0.2.7"},
+		{"header editor, trusted proxy", ForwardedFor{ClientIP: "192.0.2.7", Trusted: true}, noEdit, "10.0.0.1, 192.0.2.7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			client, server := net.Pipe()
 			go func() {
-				writeUpgradeRequest(client, r, &Upstream{URL: u}, tc.fwd)
+				writeUpgradeRequest(client, r, &Upstream{URL: u}, tc.fwd, tc.edit)
 				client.Close()
 			}()
 			got, err := http.ReadRequest(bufio.NewReader(server))
@@ -131,6 +139,8 @@ func TestWriteUpgradeRequest(t *testing.T) {
 				"Upgrade":                  "websocket",
 				"Keep-Alive":               "",
 				"Proxy-Authorization":      "",
+				"X-Secret":                 "",
+				"Alt-Svc":                  "",
 				"Sec-Websocket-Protocol":   "chat",
 				"Sec-Websocket-Extensions": "permessage-deflate",
 				"X-Forwarded-For":          tc.wantXFF,
@@ -144,6 +154,159 @@ func TestWriteUpgradeRequest(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A header editor (header_up) sees the headers the backend would get, Host
+// included; what it sets, adds and deletes is what the backend gets, except
+// hop-by-hop headers, and the client's request is left as it was.
+func TestWriteUpgradeRequestEdited(t *testing.T) {
+	u, _ := ParseBackendURL("ws://10.0.0.9:9101/base")
+	for _, tc := range []struct {
+		name string
+		edit HeaderEditor
+		want map[string]string // "" = absent
+	}{
+		{
+			name: "set, add and delete",
+			edit: func(r *http.Request, _ *Upstream, h http.Header) {
+				if got := h.Get("X-Forwarded-Host"); got != "site.example" {
+					t.Errorf("editor saw X-Forwarded-Host %q", got)
+				}
+				h.Set("X-Tenant", r.Host)
+				h.Add("X-Trace", "added")
+				h.Del("Cookie")
+				h.Set("X-Forwarded-Proto", "https")
+			},
+			want: map[string]string{
+				"Host": "site.example", "X-Tenant": "site.example", "X-Trace": "from client,added",
+				"Cookie": "", "X-Forwarded-Proto": "https", "Origin": "http://site.example",
+			},
+		},
+		{
+			name: "Host replaced",
+			edit: func(_ *http.Request, _ *Upstream, h http.Header) { h.Set("Host", "internal.example") },
+			want: map[string]string{"Host": "internal.example"},
+		},
+		{
+			name: "Host deleted: the backend's own",
+			edit: func(_ *http.Request, _ *Upstream, h http.Header) { h.Del("Host") },
+			want: map[string]string{"Host": "10.0.0.9:9101"},
+		},
+		{
+			name: "hop-by-hop headers cannot be set",
+			edit: func(_ *http.Request, _ *Upstream, h http.Header) {
+				h.Set("Connection", "close")
+				h.Set("Upgrade", "h2c")
+				h.Set("Keep-Alive", "1")
+			},
+			want: map[string]string{"Connection": "Upgrade", "Upgrade": "websocket", "Keep-Alive": ""},
+		},
+		{
+			name: "names that would split the request are dropped",
+			edit: func(_ *http.Request, _ *Upstream, h http.Header) {
+				h["X-A\r\nInjected"] = []string{"x"}
+				h["X-B"] = []string{"1\r\nInjected: yes"}
+			},
+			want: map[string]string{"Injected": "", "X-B": "1Injected: yes"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "http://site.example/ws", nil)
+			r.Header.Set("Connection", "Upgrade")
+			r.Header.Set("Upgrade", "websocket")
+			r.Header.Set("Origin", "http://site.example")
+			r.Header.Set("X-Trace", "from client")
+			r.Header.Set("Cookie", "s=1")
+			before := r.Header.Clone()
+			got := roundTripRequest(t, func(c net.Conn) error {
+				return writeUpgradeRequest(c, r, &Upstream{URL: u}, ForwardedFor{ClientIP: "192.0.2.7"}, tc.edit)
+			})
+			if got.RequestURI != "/base/ws" {
+				t.Errorf("request target %s", got.RequestURI)
+			}
+			for name, want := range tc.want {
+				v := strings.Join(got.Header.Values(name), ",")
+				if name == "Host" {
+					v = got.Host
+				}
+				if v != want {
+					t.Errorf("%s = %q, want %q", name, v, want)
+				}
+			}
+			if !reflect.DeepEqual(r.Header, before) {
+				t.Errorf("client's headers changed: %v, were %v", r.Header, before)
+			}
+		})
+	}
+}
+
+// roundTripRequest parses what write writes as an HTTP request.
+func roundTripRequest(t *testing.T, write func(net.Conn) error) *http.Request {
+	t.Helper()
+	client, server := net.Pipe()
+	go func() {
+		write(client)
+		client.Close()
+	}()
+	got, err := http.ReadRequest(bufio.NewReader(server))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// The 101 the client gets has the backend's end-to-end headers, Connection:
+// Upgrade and the backend's Upgrade, and none of the hop-by-hop headers the
+// backend sent, those its Connection header names included.
+func TestAppendResponseHead(t *testing.T) {
+	resp := &http.Response{StatusCode: 101, Header: http.Header{
+		"Connection":             {"Upgrade, X-Backend-Hop"},
+		"Upgrade":                {"websocket"},
+		"X-Backend-Hop":          {"internal"},
+		"Keep-Alive":             {"timeout=5"},
+		"Sec-Websocket-Accept":   {"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="},
+		"Sec-Websocket-Protocol": {"chat"},
+		"Server":                 {"backend/1.0"},
+	}}
+	got, err := http.ReadResponse(bufio.NewReader(strings.NewReader(string(appendResponseHead(nil, resp)))), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := http.Header{
+		"Connection":             {"Upgrade"},
+		"Upgrade":                {"websocket"},
+		"Sec-Websocket-Accept":   {"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="},
+		"Sec-Websocket-Protocol": {"chat"},
+		"Server":                 {"backend/1.0"},
+	}
+	if got.StatusCode != 101 || !reflect.DeepEqual(got.Header, want) {
+		t.Errorf("got %d %v, want 101 %v", got.StatusCode, got.Header, want)
+	}
+}
+
+// A response editor (header_down) runs after hop-by-hop headers are gone,
+// and cannot take the Upgrade from a 101.
+func TestEditResponse(t *testing.T) {
+	resp := &http.Response{StatusCode: 101, Header: http.Header{
+		"Connection":    {"Upgrade, X-Backend-Hop"},
+		"Upgrade":       {"websocket"},
+		"X-Backend-Hop": {"internal"},
+		"Server":        {"backend/1.0"},
+	}}
+	var seen http.Header
+	editResponse(nil, nil, resp, func(_ *http.Request, _ *Upstream, resp *http.Response) {
+		seen = resp.Header.Clone()
+		resp.Header.Del("Server")
+		resp.Header.Del("Upgrade")
+		resp.Header.Set("X-Balanced", "yes")
+	})
+	if len(seen) != 1 || seen.Get("Server") != "backend/1.0" {
+		t.Errorf("editor saw %v, want only Server", seen)
+	}
+	want := http.Header{"Upgrade": {"websocket"}, "X-Balanced": {"yes"}}
+	if !reflect.DeepEqual(resp.Header, want) {
+		t.Errorf("edited %v, want %v", resp.Header, want)
 	}
 }
 
@@ -162,7 +325,7 @@ func BenchmarkWriteUpgradeRequest(b *testing.B) {
 	fwd := ForwardedFor{ClientIP: "127.0.0.1"}
 	b.ReportAllocs()
 	for b.Loop() {
-		writeUpgradeRequest(conn, r, up, fwd)
+		writeUpgradeRequest(conn, r, up, fwd, nil)
 	}
 }
 

@@ -42,7 +42,21 @@ type ProxyOptions struct {
 	// included. Default 10s.
 	HandshakeTimeout time.Duration
 	// TLSConfig is used for wss backends; ServerName defaults to the host.
+	// It is not modified; a copy per host name is made once (see
+	// tlsConfigs).
 	TLSConfig *tls.Config
+	// UpstreamHeaders, if set, edits the headers of every upgrade request
+	// sent to a backend (header_up): its own copy of the client's
+	// end-to-end headers, X-Forwarded-* and Host (deleting Host sends the
+	// backend's host:port). Hop-by-hop headers it adds are not sent: the
+	// proxy writes Connection and Upgrade itself. Nil keeps the handshake
+	// free of the copy.
+	UpstreamHeaders HeaderEditor
+	// DownstreamHeaders, if set, edits the headers of a backend's answer
+	// (header_down), hop-by-hop headers already removed, before the client
+	// gets it: the 101 (or, for an extended CONNECT, the 200 made of it)
+	// and a refusal passed on.
+	DownstreamHeaders ResponseEditor
 	// FailDuration is how long a backend that failed a dial or handshake is
 	// kept from new connections. Default 10s.
 	FailDuration time.Duration
@@ -65,6 +79,7 @@ type Proxy struct {
 	src        UpstreamSource
 	store      BackendStore
 	opts       ProxyOptions
+	tlsConfigs tlsConfigs
 	retryAfter string
 }
 
@@ -164,6 +179,9 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 			continue
 		}
 		u.MarkUp()
+		if p.opts.DownstreamHeaders != nil {
+			editResponse(r, u, resp, p.opts.DownstreamHeaders)
+		}
 		if resp.StatusCode != http.StatusSwitchingProtocols {
 			u.unreserve()
 			p.outcome(u.Addr(), OutcomeRejected)
@@ -226,7 +244,7 @@ func (p *Proxy) handshake(ctx context.Context, u *Upstream, r *http.Request, fwd
 			return conn, nil, nil, err
 		}
 	}
-	if err = writeUpgradeRequest(conn, r, u, fwd); err != nil {
+	if err = writeUpgradeRequest(conn, r, u, fwd, p.opts.UpstreamHeaders); err != nil {
 		return conn, nil, nil, fmt.Errorf("writing handshake to backend %s: %w", u.Addr(), err)
 	}
 	resp, br, err = readUpgradeResponse(conn, r)
@@ -244,15 +262,7 @@ func (p *Proxy) handshake(ctx context.Context, u *Upstream, r *http.Request, fwd
 }
 
 func (p *Proxy) tlsHandshake(ctx context.Context, conn net.Conn, u *Upstream) (net.Conn, error) {
-	cfg := p.opts.TLSConfig
-	if cfg == nil {
-		cfg = &tls.Config{}
-	}
-	if cfg.ServerName == "" {
-		cfg = cfg.Clone()
-		cfg.ServerName = u.URL.Hostname()
-	}
-	tc := tls.Client(conn, cfg)
+	tc := tls.Client(conn, p.tlsConfigs.get(p.opts.TLSConfig, u.URL.Hostname()))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return conn, fmt.Errorf("TLS handshake with backend %s: %w", u.Addr(), err)
 	}
@@ -358,8 +368,9 @@ func (p *Proxy) passResponse(w http.ResponseWriter, conn net.Conn, resp *http.Re
 	defer conn.Close()
 	defer putReader(br)
 	h := w.Header()
+	connection := resp.Header["Connection"]
 	for name, values := range resp.Header {
-		if !hopHeaders[name] {
+		if !isHopHeader(connection, name) {
 			h[name] = values
 		}
 	}

@@ -11,6 +11,14 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("ws_balancer", parseCaddyfile)
+	// Right before respond, so that no order line is needed: ws_balancer
+	// passes on what is not an upgrade, and a site's respond,
+	// reverse_proxy or file_server (all after respond) then serves it,
+	// whatever the order of lines in the site block. Just before
+	// reverse_proxy would be after respond, and a site's catch-all
+	// `respond "page"` would answer the upgrades. After abort and error,
+	// so that those still guard the site. A user's order line wins.
+	httpcaddyfile.RegisterDirectiveOrder("ws_balancer", httpcaddyfile.Before, "respond")
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -34,8 +42,18 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		handshake_timeout     <duration>
 //		retry_after           <duration>
 //		reject_non_websocket
-//		tls_insecure_skip_verify
 //		source_addresses      <ip|cidr...>
+//
+//		# upstream request and answer (see caddyfile_upstream.go):
+//		header_up             [+|-]<field> [<value|regexp> [<replacement>]]
+//		header_down           [+|-]<field> [<value|regexp> [<replacement>]]
+//		tls_trusted_ca_certs  <pem_files...>
+//		tls_trust_pool        <module> {
+//			<module options>
+//		}
+//		tls_client_auth       <automate_name> | <cert_file> <key_file>
+//		tls_server_name       <server_name>
+//		tls_insecure_skip_verify
 //
 //		# operations (see OpsConfig):
 //		drain_close_rate      <n>[/s|/m]
@@ -61,13 +79,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 //
 // Backends are host:port or ws:// / wss:// URLs with an optional path.
+// The directive needs no order line: it is registered before respond (see
+// init), and a global `order ws_balancer ...` still overrides that.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	h.Backends = append(h.Backends, d.RemainingArgs()...)
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		opt := d.Val()
-		if seen[opt] && opt != "backends" {
+		if seen[opt] && !repeatableOptions[opt] {
 			return d.Errf("option %q given twice", opt)
 		}
 		seen[opt] = true
@@ -130,12 +150,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.SourceAddresses = args
-		case "tls_insecure_skip_verify":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			h.TLSInsecureSkipVerify = true
 		default:
+			if ok, err := h.unmarshalUpstreamOption(d); ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
 			if ok, err := h.unmarshalOpsOption(d); ok {
 				if err != nil {
 					return err
@@ -152,6 +173,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	return nil
 }
+
+// repeatableOptions may be given more than once; they add up.
+var repeatableOptions = map[string]bool{"backends": true, "header_up": true, "header_down": true}
 
 // intArg reads exactly one non-negative integer argument.
 func intArg(d *caddyfile.Dispenser) (int, error) {

@@ -1,12 +1,14 @@
 package caddymodule
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -40,7 +42,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				Mode: "proxy", Backends: []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"},
 				MaxConns: 100, FailDuration: caddy.Duration(30 * time.Second), MaxAttempts: 2,
 				DialTimeout: caddy.Duration(time.Second), HandshakeTimeout: caddy.Duration(2 * time.Second),
-				RetryAfter: caddy.Duration(10 * time.Second), RejectNonWebSocket: true, TLSInsecureSkipVerify: true,
+				RetryAfter: caddy.Duration(10 * time.Second), RejectNonWebSocket: true,
+				TLS: &reverseproxy.TLSConfig{InsecureSkipVerify: true},
 			},
 		},
 		{name: "unknown option", input: "ws_balancer {\n colour blue\n}", err: `unrecognized subdirective "colour"`},
@@ -66,7 +69,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if h.Mode != tc.want.Mode || h.MaxConns != tc.want.MaxConns || h.FailDuration != tc.want.FailDuration ||
 				h.MaxAttempts != tc.want.MaxAttempts || h.DialTimeout != tc.want.DialTimeout ||
 				h.HandshakeTimeout != tc.want.HandshakeTimeout || h.RetryAfter != tc.want.RetryAfter ||
-				h.RejectNonWebSocket != tc.want.RejectNonWebSocket || h.TLSInsecureSkipVerify != tc.want.TLSInsecureSkipVerify {
+				h.RejectNonWebSocket != tc.want.RejectNonWebSocket || !reflect.DeepEqual(h.TLS, tc.want.TLS) {
 				t.Errorf("got %+v, want %+v", h, tc.want)
 			}
 		})
@@ -82,6 +85,8 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"ws_balancer {\n reject_non_websocket\n mode proxy\n}",
 		"ws_balancer {\n backends wss://[::1]:443/x?y=1\n retry_after 1m\n}",
 		"ws_balancer {\n consul {\n service ws\n }\n}",
+		"ws_balancer wss://h:1 {\n header_up X-A {host}\n header_up -B\n header_down +C d\n tls_server_name x\n}",
+		"ws_balancer wss://h:1 {\n tls_trusted_ca_certs /nonexistent.pem\n tls_client_auth a b\n}",
 		"ws_balancer {\n}\n}",
 		"ws_balancer \"{\"",
 	} {

@@ -1,7 +1,6 @@
 package caddymodule
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
@@ -70,9 +71,28 @@ type Handler struct {
 	// with 400 instead of passing them to the next handler.
 	RejectNonWebSocket bool `json:"reject_non_websocket,omitempty"`
 
-	// TLSInsecureSkipVerify turns off certificate checks for wss backends.
-	// Only for testing.
+	// TLS configures the connections to wss:// backends: trusted CAs
+	// (`ca`), a client certificate, the server name to verify, and
+	// insecure_skip_verify (testing only). The fields and their meanings
+	// are those of reverse_proxy's HTTP transport `tls`, except
+	// handshake_timeout (handshake_timeout above covers TLS) and
+	// except_ports (the backend's scheme decides). The config is built
+	// once, at provisioning. ws:// backends do not use it.
+	TLS *reverseproxy.TLSConfig `json:"tls,omitempty"`
+
+	// Deprecated: use tls.insecure_skip_verify. Turns off certificate
+	// checks for wss backends; only for testing.
 	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
+
+	// Headers manipulates the headers of the upgrade request sent to a
+	// backend (`request`) and of the backend's answer passed to the client
+	// (`response`: the 101, and refusals), as reverse_proxy's `headers`
+	// does; values take placeholders, and the request's
+	// {http.reverse_proxy.upstream.hostport} (also .host, .port) is the
+	// backend being tried. They run after hop-by-hop headers are removed
+	// and X-Forwarded-* set; hop-by-hop headers cannot be added. Mode
+	// proxy only.
+	Headers *headers.Handler `json:"headers,omitempty"`
 
 	// OpsConfig holds draining, shutdown, idle, admission and rebalancing
 	// options (see ops.go); its fields are at this level in JSON.
@@ -149,8 +169,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Logger:           h.logger,
 		OnOutcome:        countUpgrade,
 	}
-	if h.TLSInsecureSkipVerify {
-		opts.TLSConfig = &tls.Config{InsecureSkipVerify: true}
+	if err := h.provisionUpstream(ctx, opts); err != nil {
+		return err
 	}
 	if len(h.SourceAddresses) > 0 {
 		dialer, err := newSourceDialer(h.SourceAddresses, time.Duration(h.DialTimeout))
@@ -193,6 +213,9 @@ func (h *Handler) Validate() error {
 	}
 	if len(h.Backends) > 0 && h.Consul != nil {
 		return errors.New("give either static backends or a consul block, not both")
+	}
+	if err := h.validateUpstream(); err != nil {
+		return err
 	}
 	if err := h.OpsConfig.validate(); err != nil {
 		return err

@@ -20,6 +20,15 @@ import (
 func init() {
 	caddy.RegisterModule(StatusHandler{})
 	httpcaddyfile.RegisterHandlerDirective("ws_balancer_status", parseStatusCaddyfile)
+	// A status page answers its own path, as respond does, so it goes
+	// with the responders, ahead of them all: a site's catch-all respond,
+	// reverse_proxy or file_server must not shadow it. After error, so
+	// that error and abort still guard it; and so ahead of ws_balancer
+	// (placed before respond), whose reject_non_websocket would otherwise
+	// answer 400 on the page's path when their matchers overlap. Placed
+	// after a standard directive, not before ws_balancer itself: a plugin
+	// may only name Caddy's own.
+	httpcaddyfile.RegisterDirectiveOrder("ws_balancer_status", httpcaddyfile.After, "error")
 }
 
 // StatusHandler serves a status page of the balancer: every backend of

@@ -2,8 +2,11 @@ package consul
 
 import (
 	"context"
+	"maps"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/wsbalancer/caddy-wsbalancer/test/consultest"
+	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
 
@@ -27,13 +30,38 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// startAgent starts a test agent on a free loopback port, closed with the
-// test, and returns it with a client that has its own transport.
-func startAgent(t *testing.T, opts consultest.Options) (*consultest.Agent, *api.Client) {
+func TestMain(m *testing.M) { os.Exit(consuldev.Main(m)) }
+
+// sharedAgent returns the package's shared Consul agent, a management
+// client for it, and a service name of the test's own, which keeps tests
+// sharing the agent apart.
+func sharedAgent(t *testing.T) (*consuldev.Agent, *api.Client, string) {
 	t.Helper()
-	a, _ := consultest.StartTest(t, opts)
+	a := consuldev.Shared(t)
+	return a, newClient(t, Config{Address: a.Addr()}), serviceName(t)
+}
+
+// ownAgent starts a Consul agent for one test, for tests that stop it or
+// need ACLs, and returns it with a management client.
+func ownAgent(t *testing.T, opts consuldev.Options) (*consuldev.Agent, *api.Client) {
+	t.Helper()
+	a := consuldev.Start(t, opts)
+	token := ""
+	if opts.ACL {
+		token = consuldev.ManagementToken
+	}
 	// The client goes through this package's Config, as the watcher's does.
-	return a, newClient(t, Config{Address: a.Addr(), Token: opts.ACLToken})
+	return a, newClient(t, Config{Address: a.Addr(), Token: token})
+}
+
+// serviceName derives a Consul service name from the test's name.
+func serviceName(t *testing.T) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, t.Name())
 }
 
 // newClient returns a client for cfg with a transport of its own, whose idle
@@ -63,13 +91,9 @@ func fastOptions() (*WatchOptions, *observer.ObservedLogs) {
 	}, logs
 }
 
-// newWatcher returns a started watcher of service "echo" at addr, stopped
-// with the test.
+// newWatcher returns a watcher for cfg, stopped with the test.
 func newWatcher(t *testing.T, cfg Config, opts *WatchOptions) *Watcher {
 	t.Helper()
-	if cfg.Service == "" {
-		cfg.Service = "echo"
-	}
 	if cfg.WaitTime == 0 {
 		cfg.WaitTime = 5 * time.Second
 	}
@@ -78,16 +102,20 @@ func newWatcher(t *testing.T, cfg Config, opts *WatchOptions) *Watcher {
 	return w
 }
 
-// instance describes a registration for the test agent.
+// instance describes a registration.
 type instance struct {
-	id     string
-	port   int
-	meta   map[string]string
-	status string // initial check status; default passing
-	ttl    string // default 30s
-	tags   []string
+	service string
+	id      string
+	port    int
+	meta    map[string]string
+	status  string // initial check status; default passing
+	ttl     string // default 30s
+	tags    []string
 }
 
+// register registers in through the agent and waits until the catalog
+// shows it: the agent syncs registrations to the catalog asynchronously, so
+// a read right after the write could miss it.
 func register(ctx context.Context, t *testing.T, c *api.Client, in instance) {
 	t.Helper()
 	if in.status == "" {
@@ -96,27 +124,45 @@ func register(ctx context.Context, t *testing.T, c *api.Client, in instance) {
 	if in.ttl == "" {
 		in.ttl = "30s"
 	}
+	id := in.service + "-" + in.id // IDs are per agent, and tests share it
 	reg := &api.AgentServiceRegistration{
-		ID:      in.id,
-		Name:    "echo",
+		ID:      id,
+		Name:    in.service,
 		Address: "127.0.0.1",
 		Port:    in.port,
 		Tags:    in.tags,
 		Meta:    in.meta,
-		Check:   &api.AgentServiceCheck{CheckID: "ttl:" + in.id, TTL: in.ttl, Status: in.status},
+		Check:   &api.AgentServiceCheck{CheckID: "ttl:" + id, TTL: in.ttl, Status: in.status},
 	}
 	if err := c.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
-		t.Fatalf("registering %s: %v", in.id, err)
+		t.Fatalf("registering %s: %v", id, err)
+	}
+	for {
+		entries, _, err := c.Health().Service(in.service, "", false, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			t.Fatalf("reading %s back: %v", id, err)
+		}
+		for _, e := range entries {
+			if e.Service.ID == id && maps.Equal(e.Service.Meta, in.meta) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s not in the catalog: %v", id, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 
 func addrOf(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
-// ids lists the IDs of a set.
+// ids lists the IDs of a set as register was given them, without the
+// service prefix.
 func ids(set []Instance) []string {
 	out := make([]string, len(set))
 	for i, in := range set {
-		out[i] = in.ID
+		out[i] = in.ID[strings.LastIndex(in.ID, "-")+1:]
 	}
 	return out
 }

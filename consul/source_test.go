@@ -3,12 +3,12 @@ package consul
 import (
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/wsbalancer/caddy-wsbalancer/test/consultest"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
 
@@ -144,15 +144,15 @@ func TestSourcesShareWatcher(t *testing.T) {
 	}
 }
 
-// End to end with the test agent: registrations with the meta protocol
-// become upstreams with reports within a second.
+// End to end with a real agent: registrations with the meta protocol
+// become upstreams with reports as soon as the watch returns.
 func TestSourceWithAgent(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t)
-	agent, c := startAgent(t, consultest.Options{})
-	register(ctx, t, c, instance{id: "e1", port: 9001, meta: map[string]string{"ws_connections": "4", "ws_capacity": "10"}})
+	agent, c, svc := sharedAgent(t)
+	register(ctx, t, c, instance{service: svc, id: "e1", port: 9001, meta: map[string]string{"ws_connections": "4", "ws_capacity": "10"}})
 	opts, _ := fastOptions()
-	w := newWatcher(t, Config{Address: agent.Addr()}, opts)
+	w := newWatcher(t, Config{Address: agent.Addr(), Service: svc}, opts)
 	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -160,18 +160,57 @@ func TestSourceWithAgent(t *testing.T) {
 	s := NewSource(w, store, nil)
 	defer s.Close()
 	ups := s.Upstreams()
-	if len(ups) != 1 || ups[0].Load() != 4 || ups[0].Limit() != 10 || ups[0].ID != "e1" || ups[0].Addr() != addrOf(9001) {
+	if len(ups) != 1 || ups[0].Load() != 4 || ups[0].Limit() != 10 || ups[0].ID != svc+"-e1" || ups[0].Addr() != addrOf(9001) {
 		t.Fatalf("upstreams after start: %+v", ups)
 	}
-	register(ctx, t, c, instance{id: "e1", port: 9001, meta: map[string]string{"ws_connections": "8", "ws_capacity": "10"}})
-	eventually(t, time.Second, "the new report", func() bool { return s.Upstreams()[0].Load() == 8 })
-	register(ctx, t, c, instance{id: "e1", port: 9001, meta: map[string]string{"ws_connections": "10", "ws_capacity": "10"}})
-	eventually(t, time.Second, "full", func() bool { return s.Upstreams()[0].Full() })
-	if err := c.Agent().ServiceDeregister("e1"); err != nil {
+	register(ctx, t, c, instance{service: svc, id: "e1", port: 9001, meta: map[string]string{"ws_connections": "8", "ws_capacity": "10"}})
+	eventually(t, 5*time.Second, "the new report", func() bool { return s.Upstreams()[0].Load() == 8 })
+	register(ctx, t, c, instance{service: svc, id: "e1", port: 9001, meta: map[string]string{"ws_connections": "10", "ws_capacity": "10"}})
+	eventually(t, 5*time.Second, "full", func() bool { return s.Upstreams()[0].Full() })
+	if err := c.Agent().ServiceDeregister(svc + "-e1"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Second, "e1 gone", func() bool { return len(s.Upstreams()) == 0 })
+	eventually(t, 5*time.Second, "e1 gone", func() bool { return len(s.Upstreams()) == 0 })
 	if len(store.held()) != 0 {
 		t.Errorf("backend of a gone instance still held: %v", store.held())
+	}
+}
+
+// Garbage in a backend's meta, registered in a real agent, is logged and
+// ignored: the backend counts as one without a report (this balancer's own
+// count), neither crashing the watch nor skewing the others' loads.
+func TestSourceIgnoresGarbageMeta(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	agent, c, svc := sharedAgent(t)
+	garbage := map[string]string{"abc": "abc", "neg": "-5", "huge": "1e99", "blank": " ", "overflow": "99999999999999999999"}
+	port := 9101
+	for id, v := range garbage {
+		register(ctx, t, c, instance{service: svc, id: id, port: port, meta: map[string]string{"ws_connections": v, "ws_capacity": v, "ws_counted_at": v}})
+		port++
+	}
+	register(ctx, t, c, instance{service: svc, id: "good", port: 9100, meta: map[string]string{"ws_connections": "3"}})
+	opts, logs := fastOptions()
+	w := newWatcher(t, Config{Address: agent.Addr(), Service: svc}, opts)
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s := NewSource(w, newCountingStore(), &SourceOptions{Logger: opts.Logger})
+	defer s.Close()
+	ups := s.Upstreams()
+	if len(ups) != len(garbage)+1 {
+		t.Fatalf("%d upstreams, want %d", len(ups), len(garbage)+1)
+	}
+	for _, u := range ups {
+		want := int64(0)
+		if strings.HasSuffix(u.ID, "-good") {
+			want = 3
+		}
+		if u.Load() != want || u.Limit() != 0 {
+			t.Errorf("%s: load %d, limit %d; want %d, no limit", u.ID, u.Load(), u.Limit(), want)
+		}
+	}
+	if n := logs.FilterMessageSnippet("ignoring malformed meta").Len(); n < len(garbage) {
+		t.Errorf("%d warnings for %d garbage registrations", n, len(garbage))
 	}
 }

@@ -87,6 +87,9 @@ type Watcher struct {
 	client *api.Client
 	cfg    Config
 	addr   string // Consul's address, for logs
+	// anonymous is set when no token is configured (nor in the
+	// environment): Consul then reads with its anonymous token.
+	anonymous bool
 	opts   WatchOptions
 	logger atomic.Pointer[zap.Logger]
 
@@ -111,7 +114,8 @@ type Watcher struct {
 // NewWatcher returns a Watcher of cfg.Service through client. It does
 // nothing until Start.
 func NewWatcher(client *api.Client, cfg Config, opts *WatchOptions) *Watcher {
-	w := &Watcher{client: client, cfg: cfg, addr: cfg.APIConfig().Address, subs: make(map[uint64]func([]Instance))}
+	ac := cfg.APIConfig()
+	w := &Watcher{client: client, cfg: cfg, addr: ac.Address, anonymous: ac.Token == "" && ac.TokenFile == "", subs: make(map[uint64]func([]Instance))}
 	if opts != nil {
 		w.opts = *opts
 	}
@@ -225,6 +229,7 @@ type loopState struct {
 	index       uint64
 	failures    int       // consecutive failed queries
 	outageStart time.Time // when the first of them failed
+	unreachable bool      // the last failure never got an answer from Consul
 }
 
 // fail records a failed query; the first of a series is logged as the
@@ -232,6 +237,8 @@ type loopState struct {
 func (st *loopState) fail(w *Watcher, err error) {
 	st.failures++
 	st.index = 0 // start again from the current state when Consul is back
+	var se api.StatusError
+	st.unreachable = !errors.As(err, &se)
 	if st.failures == 1 {
 		st.outageStart = w.opts.Now()
 		w.mu.Lock()
@@ -263,19 +270,20 @@ func (w *Watcher) loop(ctx context.Context, st loopState) {
 	defer close(w.done)
 	limiter := rate.NewLimiter(w.opts.Rate, w.opts.Burst)
 	for {
-		if st.failures > 0 {
-			t := time.NewTimer(backoff(w.opts.BackoffBase, w.opts.BackoffMax, st.failures))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
+		if st.failures > 0 && !w.pause(ctx, backoff(w.opts.BackoffBase, w.opts.BackoffMax, st.failures), st.unreachable) {
+			return
 		}
 		if limiter.Wait(ctx) != nil {
 			return
 		}
 		entries, meta, err := w.query(ctx, st.index)
+		if err == nil && len(entries) == 0 && st.index > 0 && len(w.Instances()) > 0 {
+			// Before emptying the set, ask again without blocking: a
+			// token that lost its rights gets an empty answer from
+			// Consul's streaming backend with no sign of filtering,
+			// which a plain read shows.
+			entries, meta, err = w.query(ctx, 0)
+		}
 		if ctx.Err() != nil {
 			return
 		}
@@ -287,6 +295,47 @@ func (w *Watcher) loop(ctx context.Context, st loopState) {
 		st.index = nextIndex(st.index, meta.LastIndex)
 		w.apply(entries)
 	}
+}
+
+// probeInterval is how often a watcher whose Consul cannot be reached asks
+// whether it is back. A refused connection costs Consul nothing, and an
+// agent that is back then answers its watchers within this, not after the
+// rest of a backoff that has grown to BackoffMax meanwhile.
+const probeInterval = 250 * time.Millisecond
+
+// pause waits d after a failed query, or less when Consul could not be
+// reached and is back with a leader before d has passed. Consul answering
+// with errors gets the full backoff: it is up, and may be overloaded. pause
+// reports false if ctx ended.
+func (w *Watcher) pause(ctx context.Context, d time.Duration, unreachable bool) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var probe <-chan time.Time
+	if unreachable {
+		tick := time.NewTicker(probeInterval)
+		defer tick.Stop()
+		probe = tick.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case <-probe:
+			if w.leaderKnown(ctx) {
+				return true
+			}
+		}
+	}
+}
+
+// leaderKnown asks Consul, briefly, whether it answers and has a leader.
+func (w *Watcher) leaderKnown(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, probeInterval)
+	defer cancel()
+	leader, err := w.client.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+	return err == nil && leader != ""
 }
 
 // query asks Consul for the passing instances, blocking from index (0: do
@@ -303,12 +352,23 @@ func (w *Watcher) query(ctx context.Context, index uint64) ([]*api.ServiceEntry,
 	if err != nil {
 		return nil, nil, w.classify(err)
 	}
-	if len(entries) == 0 && meta.ResultsFilteredByACLs {
-		// Consul answers an anonymous or under-privileged read of a list
-		// with an empty list rather than 403. Acting on it would empty the
-		// pool.
-		return nil, nil, fmt.Errorf("%w: every instance of service %q was filtered out by ACLs (the token lacks service:read or node:read)",
-			ErrPermissionDenied, w.cfg.Service)
+	if len(entries) == 0 {
+		switch {
+		case meta.ResultsFilteredByACLs:
+			// Consul answers an under-privileged read of a list with
+			// an empty list rather than 403. Acting on it would empty
+			// the pool.
+			return nil, nil, fmt.Errorf("%w: every instance of service %q was filtered out by ACLs (the token lacks service:read or node:read)",
+				ErrPermissionDenied, w.cfg.Service)
+		case meta.DefaultACLPolicy == "deny" && w.anonymous:
+			// An anonymous read of a service it may not show gets an
+			// empty list with no sign of filtering. Without a token on
+			// a default-deny cluster that is far more likely than an
+			// empty service. (Clusters that grant the anonymous token
+			// service:read are the exception: give a token there.)
+			return nil, nil, fmt.Errorf("%w: no ACL token, and the cluster's default ACL policy is deny: reading service %q showed no instances",
+				ErrPermissionDenied, w.cfg.Service)
+		}
 	}
 	return entries, meta, nil
 }

@@ -90,8 +90,8 @@ type Watcher struct {
 	// anonymous is set when no token is configured (nor in the
 	// environment): Consul then reads with its anonymous token.
 	anonymous bool
-	opts   WatchOptions
-	logger atomic.Pointer[zap.Logger]
+	opts      WatchOptions
+	logger    atomic.Pointer[zap.Logger]
 
 	// mu guards the set and the subscribers, and is held while subscribers
 	// are told of a change, so that each sees every change once and in

@@ -203,10 +203,12 @@ func TestInvalidCaddyfile(t *testing.T) {
 		{"ws_balancer {\n backends 127.0.0.1:99999\n}", "out of range"},
 		{"ws_balancer {\n backends 127.0.0.1:1\n mode teleport\n}", `unknown mode "teleport"`},
 		{"ws_balancer {\n backends 127.0.0.1:1\n max_conns 1\n max_conns 2\n}", "given twice"},
+		{"ws_balancer {\n backends 127.0.0.1:1\n tls_server_name backend.internal\n}", "no backend is wss://"},
+		{"ws_balancer {\n backends wss://127.0.0.1:1\n tls_trusted_ca_certs /nonexistent/ca.pem\n}", "/nonexistent/ca.pem"},
 	} {
 		dir := t.TempDir()
 		path := filepath.Join(dir, "Caddyfile")
-		cfg := fmt.Sprintf("{\n\torder ws_balancer before respond\n}\n:0 {\n%s\n}\n", tc.body)
+		cfg := fmt.Sprintf(":0 {\n%s\n}\n", tc.body) // no order line: ws_balancer places itself
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -388,7 +388,6 @@ const caddySiteAddr = `{{if .TLS}}https://127.0.0.1:{{.Port}}{{else}}:{{.Port}}{
 
 var caddyWSBalancerTmpl = template.Must(template.New("ws_balancer").Parse(`{
 	admin 127.0.0.1:{{.AdminPort}}
-	order ws_balancer before reverse_proxy
 ` + caddyGlobalHTTPS + `
 	persist_config off
 }

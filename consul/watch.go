@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/time/rate"
+
+	"github.com/wsbalancer/caddy-wsbalancer/internal/retry"
 )
 
 // ErrPermissionDenied is returned (wrapped) when Consul refuses the query:
@@ -48,8 +49,10 @@ type WatchOptions struct {
 	Rate  rate.Limit
 	Burst int
 	// BackoffBase and BackoffMax shape the retry delays after errors: the
-	// n-th consecutive failure waits a random time in [d/2, d), d being
-	// BackoffBase*2^(n-1) capped at BackoffMax. Defaults 500ms and 10s.
+	// n-th consecutive failure waits a random time in [d/2, d], d being
+	// BackoffBase*2^(n-1) capped at BackoffMax (retry.Delay). Defaults
+	// 500ms and 10s. While Consul cannot be reached at all, it is probed
+	// every 250 ms meanwhile, so that its return is seen at once.
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
 	// Now is the clock; default time.Now.
@@ -161,7 +164,7 @@ func (w *Watcher) start(ctx context.Context) error {
 	runCtx, stop := context.WithCancel(ctx)
 	w.cancel = stop
 	w.done = make(chan struct{})
-	st := loopState{}
+	st := w.newLoopState()
 	if err != nil {
 		st.fail(w, err)
 	} else {
@@ -227,50 +230,37 @@ func (w *Watcher) Changes() int64 { return w.changes.Load() }
 // loopState is what the loop carries from one query to the next.
 type loopState struct {
 	index       uint64
-	failures    int       // consecutive failed queries
-	outageStart time.Time // when the first of them failed
-	unreachable bool      // the last failure never got an answer from Consul
+	outage      retry.Outage
+	unreachable bool // the last failure never got an answer from Consul
+}
+
+func (w *Watcher) newLoopState() loopState {
+	return loopState{outage: retry.Outage{
+		Logger:    w.log(),
+		Failed:    "consul query failed; keeping the last known backends and retrying with backoff",
+		Recovered: "consul answers again",
+		Level:     zapcore.ErrorLevel,
+		Now:       w.opts.Now,
+	}}
 }
 
 // fail records a failed query; the first of a series is logged as the
 // start of an outage, the others only at debug level.
 func (st *loopState) fail(w *Watcher, err error) {
-	st.failures++
 	st.index = 0 // start again from the current state when Consul is back
 	var se api.StatusError
 	st.unreachable = !errors.As(err, &se)
-	if st.failures == 1 {
-		st.outageStart = w.opts.Now()
-		w.mu.Lock()
-		n := len(w.set)
-		w.mu.Unlock()
-		w.log().Error("consul query failed; keeping the last known backends and retrying with backoff",
-			zap.String("consul", w.addr),
-			zap.Int("backends", n),
-			zap.Error(err))
-		return
-	}
-	if c := w.log().Check(zapcore.DebugLevel, "consul query failed again"); c != nil {
-		c.Write(zap.Int("failures", st.failures), zap.Error(err))
-	}
-}
-
-// recover ends an outage, if one was under way.
-func (st *loopState) recover(w *Watcher) {
-	if st.failures == 0 {
-		return
-	}
-	w.log().Info("consul answers again",
-		zap.Duration("outage", w.opts.Now().Sub(st.outageStart)),
-		zap.Int("failed_queries", st.failures))
-	st.failures = 0
+	w.mu.Lock()
+	n := len(w.set)
+	w.mu.Unlock()
+	st.outage.Fail(err, zap.String("consul", w.addr), zap.Int("backends", n))
 }
 
 func (w *Watcher) loop(ctx context.Context, st loopState) {
 	defer close(w.done)
 	limiter := rate.NewLimiter(w.opts.Rate, w.opts.Burst)
 	for {
-		if st.failures > 0 && !w.pause(ctx, backoff(w.opts.BackoffBase, w.opts.BackoffMax, st.failures), st.unreachable) {
+		if n := st.outage.Failures(); n > 0 && !w.pause(ctx, retry.Delay(w.opts.BackoffBase, w.opts.BackoffMax, n), st.unreachable) {
 			return
 		}
 		if limiter.Wait(ctx) != nil {
@@ -291,7 +281,7 @@ func (w *Watcher) loop(ctx context.Context, st loopState) {
 			st.fail(w, err)
 			continue
 		}
-		st.recover(w)
+		st.outage.OK()
 		st.index = nextIndex(st.index, meta.LastIndex)
 		w.apply(entries)
 	}
@@ -436,20 +426,4 @@ func nextIndex(prev, got uint64) uint64 {
 		return 1
 	}
 	return got
-}
-
-// backoff is the delay before retrying after the n-th consecutive failure:
-// base doubled n-1 times, capped at max, then drawn at random in [d/2, d)
-// so that balancers restarted together do not retry in step.
-func backoff(base, max time.Duration, n int) time.Duration {
-	d := base
-	for i := 1; i < n && d < max; i++ {
-		d *= 2
-	}
-	d = min(d, max)
-	half := d / 2
-	if d-half <= 0 {
-		return d
-	}
-	return half + rand.N(d-half)
 }

@@ -9,20 +9,12 @@ import (
 )
 
 // unmarshalUpstreamOption parses the options of the ws_balancer block that
-// shape what goes to a backend and back: the upgrade request's and the
-// answer's headers, and TLS to wss:// backends. Names and arguments are
-// reverse_proxy's (its header_up/header_down, and its HTTP transport's
-// tls_* options). It reports whether the option was one of them. Syntax:
-//
-//	header_up            [+|-]<field> [<value|regexp> [<replacement>]]
-//	header_down          [+|-]<field> [<value|regexp> [<replacement>]]
-//	tls_trusted_ca_certs <pem_files...>
-//	tls_trust_pool       <module> {
-//		<module options>
-//	}
-//	tls_client_auth      <automate_name> | <cert_file> <key_file>
-//	tls_server_name      <server_name>
-//	tls_insecure_skip_verify
+// shape what goes to a backend and back: header_up and header_down (the
+// upgrade request's and the answer's headers), and the tls_* options for
+// wss:// backends. Names and arguments are reverse_proxy's (its header_up
+// and header_down, and its HTTP transport's tls_* options); the syntax is
+// in UnmarshalCaddyfile's doc. It reports whether the option was one of
+// them.
 func (h *Handler) unmarshalUpstreamOption(d *caddyfile.Dispenser) (bool, error) {
 	switch opt := d.Val(); opt {
 	case "header_up", "header_down":

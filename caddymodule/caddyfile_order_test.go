@@ -77,19 +77,27 @@ func TestSiteWithoutOrderLineServesWebSockets(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	backend := startEchoBackend(t, nil)
-	port := freePort(t)
-	site := strings.NewReplacer(":8091", fmt.Sprintf(":%d", port),
-		"127.0.0.1:9101 127.0.0.1:9102", backend).Replace(orderSite)
-	cfg := adaptCaddyfile(t, site)
-	// Only to keep the test off the shared admin port and config autosave:
-	// the Caddyfile itself has no global options.
-	cfg["admin"] = map[string]any{"disabled": true, "config": map[string]any{"persist": false}}
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := caddy.Load(raw, true); err != nil {
-		t.Fatal(err)
+	var port int
+	for attempt := 0; ; attempt++ {
+		port = freePort(t)
+		site := strings.NewReplacer(":8091", fmt.Sprintf(":%d", port),
+			"127.0.0.1:9101 127.0.0.1:9102", backend).Replace(orderSite)
+		cfg := adaptCaddyfile(t, site)
+		// Only to keep the test off the shared admin port and config
+		// autosave: the Caddyfile itself has no global options.
+		cfg["admin"] = map[string]any{"disabled": true, "config": map[string]any{"persist": false}}
+		raw, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = caddy.Load(raw, true)
+		if err == nil {
+			break
+		}
+		// The free port may be taken between its probe and Caddy's listen.
+		if !strings.Contains(err.Error(), "address already in use") || attempt == 4 {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() { caddy.Stop() })
 

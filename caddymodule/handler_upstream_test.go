@@ -139,10 +139,12 @@ func TestWSSBackendTLSOptions(t *testing.T) {
 	mtls := &tls.Config{
 		Certificates: []tls.Certificate{ipCert.pair}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCA.pool(),
 	}
-	backends := map[string]string{
-		"ip":   startEchoBackend(t, &tls.Config{Certificates: []tls.Certificate{ipCert.pair}}),
-		"name": startEchoBackend(t, &tls.Config{Certificates: []tls.Certificate{nameCert.pair}}),
-		"mtls": startEchoBackend(t, mtls),
+	// Each case gets a backend of its own: backend state (a failed one
+	// rests for fail_duration) is shared by address across handlers.
+	backends := map[string]*tls.Config{
+		"ip":   {Certificates: []tls.Certificate{ipCert.pair}},
+		"name": {Certificates: []tls.Certificate{nameCert.pair}},
+		"mtls": mtls,
 	}
 
 	for _, tc := range []struct {
@@ -165,7 +167,8 @@ func TestWSSBackendTLSOptions(t *testing.T) {
 			t.Parallel()
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 			defer cancel()
-			h := provisionProxyHandler(t, fmt.Sprintf("ws_balancer %s {\n%s\n}", backends[tc.backend], tc.options))
+			backend := startEchoBackend(t, backends[tc.backend].Clone())
+			h := provisionProxyHandler(t, fmt.Sprintf("ws_balancer %s {\n%s\n}", backend, tc.options))
 			front := startFront(t, h)
 			c, resp, err := websocket.DefaultDialer.DialContext(ctx, front.wsURL("/ws"), nil)
 			if tc.err == "" {

@@ -101,10 +101,10 @@ type AssignOptions struct {
 //
 // Assigner is safe for concurrent use.
 type Assigner struct {
-	src        UpstreamSource
-	opts       AssignOptions
-	retryAfter string
-	share      shareEstimator
+	src     UpstreamSource
+	opts    AssignOptions
+	chooser chooser
+	share   shareEstimator
 }
 
 // Assignment is a backend chosen for a client, as /assign answers it.
@@ -153,23 +153,14 @@ func NewAssigner(src UpstreamSource, opts AssignOptions) (*Assigner, error) {
 	if opts.QueryParam == "" {
 		opts.QueryParam = token.DefaultQueryParam
 	}
-	if opts.MaxAttempts <= 0 {
-		opts.MaxAttempts = 3
-	}
-	if opts.RetryAfter <= 0 {
-		opts.RetryAfter = 5 * time.Second
-	}
+	chooser := newChooser(opts.Select, &opts.MaxAttempts, &opts.RetryAfter)
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Assigner{
-		src:        src,
-		opts:       opts,
-		retryAfter: retryAfterHeader(opts.RetryAfter),
-	}, nil
+	return &Assigner{src: src, opts: opts, chooser: chooser}, nil
 }
 
 // Hold is how long an assignment counts against its backend's load, or
@@ -190,39 +181,31 @@ func (a *Assigner) Assign(subject string) (*Assignment, error) {
 	if a.opts.Hold != NoAssignHold {
 		a.share.observe(ups)
 	}
-	var tried triedSet
-	skip := tried.has
-	var lastErr error
-	for len(tried.list) < a.opts.MaxAttempts {
-		u := a.opts.Select(ups, now, skip)
-		if u == nil {
-			break
-		}
-		tried.add(u)
-		release, ok := a.reserve(u)
-		if !ok {
-			continue // filled up by a concurrent assignment
-		}
-		asg, err := a.issue(u, subject)
-		if err != nil {
+	var asg *Assignment
+	var release func()
+	reserve := func(u *Upstream) (ok bool) {
+		release, ok = a.reserve(u)
+		return ok
+	}
+	_, done, lastErr, _ := a.chooser.choose(ups, now, reserve, func(u *Upstream) (_, next error) {
+		var err error
+		if asg, err = a.issue(u, subject); err != nil {
 			release()
 			a.opts.Logger.Warn("cannot assign to backend", zap.String("backend", u.ID), zap.Error(err))
-			lastErr = err
-			continue
+			return nil, err
 		}
-		a.outcome(u.ID, OutcomeOK)
+		return nil, nil
+	})
+	switch {
+	case done:
+		a.outcome(asg.Backend, OutcomeOK)
 		return asg, nil
-	}
-	if lastErr != nil {
+	case lastErr != nil:
 		a.outcome("", OutcomeFailed)
 		return nil, &Error{Status: http.StatusInternalServerError, Err: fmt.Errorf("assigning a backend: %w", lastErr)}
 	}
 	a.outcome("", OutcomeUnavailable)
-	return nil, &Error{
-		Status: http.StatusServiceUnavailable,
-		Header: http.Header{"Retry-After": {a.retryAfter}},
-		Err:    fmt.Errorf("no backend available: all %d are full, down or draining", len(ups)),
-	}
+	return nil, a.chooser.unavailable(ups)
 }
 
 // reserve counts an assignment against u for the hold, unless that would

@@ -80,7 +80,7 @@ type Proxy struct {
 	store      BackendStore
 	opts       ProxyOptions
 	tlsConfigs tlsConfigs
-	retryAfter string
+	chooser    chooser
 }
 
 // NewProxy returns a Proxy choosing among src's upstreams. Each relayed
@@ -105,12 +105,7 @@ func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy
 	if o.FailDuration <= 0 {
 		o.FailDuration = 10 * time.Second
 	}
-	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = 3
-	}
-	if o.RetryAfter <= 0 {
-		o.RetryAfter = 5 * time.Second
-	}
+	p.chooser = newChooser(LeastLoaded, &o.MaxAttempts, &o.RetryAfter)
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -123,7 +118,6 @@ func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	p.retryAfter = retryAfterHeader(o.RetryAfter)
 	return p
 }
 
@@ -151,23 +145,12 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 		return e
 	}
 	ups := p.src.Upstreams()
-	var tried triedSet
-	skip := tried.has
-	var lastErr error
-	for len(tried.list) < p.opts.MaxAttempts {
-		u := LeastLoaded(ups, p.opts.Now(), skip)
-		if u == nil {
-			break
-		}
-		tried.add(u)
-		if !u.reserve() {
-			continue // filled up by a concurrent upgrade
-		}
+	result, done, lastErr, chosen := p.chooser.choose(ups, p.opts.Now(), (*Upstream).reserve, func(u *Upstream) (result, next error) {
 		conn, resp, br, err := p.handshake(r.Context(), u, up, fwd)
 		if err != nil {
 			u.unreserve()
 			if r.Context().Err() != nil {
-				return &Error{Status: 499, Err: fmt.Errorf("client went away during the upstream handshake: %w", err)}
+				return &Error{Status: 499, Err: fmt.Errorf("client went away during the upstream handshake: %w", err)}, nil
 			}
 			u.MarkDown(p.opts.Now(), p.opts.FailDuration)
 			p.opts.Logger.Warn("backend failed; marked down",
@@ -175,8 +158,7 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 				zap.Duration("fail_duration", p.opts.FailDuration),
 				zap.Error(err))
 			p.outcome(u.Addr(), OutcomeRetried)
-			lastErr = err
-			continue
+			return nil, err
 		}
 		u.MarkUp()
 		if p.opts.DownstreamHeaders != nil {
@@ -185,23 +167,22 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 		if resp.StatusCode != http.StatusSwitchingProtocols {
 			u.unreserve()
 			p.outcome(u.Addr(), OutcomeRejected)
-			return p.passResponse(w, conn, resp, br)
+			return p.passResponse(w, conn, resp, br), nil
 		}
 		if up != r {
-			return p.startStream(w, r, u, conn, resp, br, accept, relayHookFrom(r.Context()))
+			return p.startStream(w, r, u, conn, resp, br, accept, relayHookFrom(r.Context())), nil
 		}
-		return p.startRelay(w, u, conn, resp, br, relayHookFrom(r.Context()))
-	}
-	if lastErr != nil {
+		return p.startRelay(w, u, conn, resp, br, relayHookFrom(r.Context())), nil
+	})
+	switch {
+	case done:
+		return result
+	case lastErr != nil:
 		p.outcome("", OutcomeFailed)
-		return &Error{Status: http.StatusBadGateway, Err: fmt.Errorf("no backend completed the handshake after %d attempts: %w", len(tried.list), lastErr)}
+		return &Error{Status: http.StatusBadGateway, Err: fmt.Errorf("no backend completed the handshake after %d attempts: %w", chosen, lastErr)}
 	}
 	p.outcome("", OutcomeUnavailable)
-	return &Error{
-		Status: http.StatusServiceUnavailable,
-		Header: http.Header{"Retry-After": {p.retryAfter}},
-		Err:    fmt.Errorf("no backend available: all %d are full, down or draining", len(ups)),
-	}
+	return p.chooser.unavailable(ups)
 }
 
 // reserve counts a connection against the backend from the moment it is

@@ -148,9 +148,12 @@ func TestDrainThroughAdminAPI(t *testing.T) {
 	}
 	t.Logf("drained %d connections in %v (%.0f/s); now %v; %d reconnects", held, took.Round(time.Millisecond),
 		float64(held)/took.Seconds(), lives(bs), rc.reconnects.Load())
+	// Faster than the rate is a failure no slow phase of the machine can
+	// cause; slower is bounded only by the 15 s deadline above (5× the
+	// work), since a busy machine stretches it, and logged.
 	want := time.Duration(float64(held) / 100 * float64(time.Second))
-	if took < want*8/10 || took > want*15/10+time.Second {
-		t.Errorf("draining %d connections at 100/s took %v, want about %v", held, took, want)
+	if took < want*8/10 {
+		t.Errorf("draining %d connections at 100/s took %v, want at least %v", held, took, want*8/10)
 	}
 	if n := rc.reconnects.Load(); n != held {
 		t.Errorf("%d clients reconnected, want %d (one per drained connection)", n, held)

@@ -344,8 +344,9 @@ func TestCounterConnLifetime(t *testing.T) {
 
 	var c Counter
 	release := make(chan struct{})
+	returned := make(chan struct{}) // closed once the wrapped handler has returned
 	up := websocket.Upgrader{}
-	srv := httptest.NewServer(c.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	wrapped := c.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Minute)); err != nil {
 			t.Errorf("SetReadDeadline through the wrapper: %v", err)
 		}
@@ -359,7 +360,11 @@ func TestCounterConnLifetime(t *testing.T) {
 			conn.Close()
 			conn.NetConn().Close()
 		}()
-	})))
+	}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer close(returned)
+		wrapped.ServeHTTP(w, r)
+	}))
 	defer srv.Close()
 
 	cl, _, err := websocket.DefaultDialer.DialContext(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
@@ -367,7 +372,11 @@ func TestCounterConnLifetime(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	time.Sleep(50 * time.Millisecond) // the handler has returned by now
+	select {
+	case <-returned:
+	case <-ctx.Done():
+		t.Fatal("the handler did not return")
+	}
 	if got := c.Live(); got != 1 {
 		t.Fatalf("Live() after the handler returned, connection open = %d, want 1", got)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,9 +17,11 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/wsbalancer/caddy-wsbalancer/consul"
-	"github.com/wsbalancer/caddy-wsbalancer/test/consultest"
+	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
+
+func TestMain(m *testing.M) { os.Exit(consuldev.Main(m)) }
 
 func TestConsulCaddyfile(t *testing.T) {
 	t.Parallel()
@@ -183,27 +186,45 @@ func TestConsulResolvePlaceholders(t *testing.T) {
 	}
 }
 
-// startTestAgent runs a test agent with one passing instance of "echo" per
-// port, closed with the test.
-func startTestAgent(t *testing.T, token string, ports ...int) (*consultest.Agent, *api.Client) {
+// sharedEcho registers one passing instance of a service of the test's own
+// per port on the package's shared Consul agent (tests sharing it keep
+// apart by service name, and by ports: backends are indexed by address
+// package-wide). It returns the service name and a management client.
+func sharedEcho(t *testing.T, ports ...int) (string, *api.Client) {
 	t.Helper()
-	a, c := consultest.StartTest(t, consultest.Options{ACLToken: token})
+	c := consuldev.Shared(t).Client(t, "")
+	svc := serviceName(t)
 	for _, p := range ports {
-		registerEcho(t, c, p, nil)
+		registerEcho(t, c, svc, p, nil)
 	}
-	return a, c
+	return svc, c
 }
 
-func registerEcho(t *testing.T, c *api.Client, port int, meta map[string]string) {
+// serviceName derives a Consul service name from the test's name.
+func serviceName(t *testing.T) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		if r >= 'A' && r <= 'Z' {
+			return r - 'A' + 'a'
+		}
+		return '-'
+	}, t.Name())
+}
+
+func registerEcho(t *testing.T, c *api.Client, svc string, port int, meta map[string]string) {
 	t.Helper()
-	id := "echo-" + strconv.Itoa(port)
+	id := svc + "-" + strconv.Itoa(port) // IDs are per agent
 	err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		ID: id, Name: "echo", Address: "127.0.0.1", Port: port, Meta: meta,
+		ID: id, Name: svc, Address: "127.0.0.1", Port: port, Meta: meta,
 		Check: &api.AgentServiceCheck{CheckID: "ttl:" + id, TTL: "1m", Status: api.HealthPassing},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The shared agent outlives the test (and -count repeats it).
+	t.Cleanup(func() { _ = c.Agent().ServiceDeregister(id) })
 }
 
 func testCaddyContext(t *testing.T) caddy.Context {
@@ -213,11 +234,13 @@ func testCaddyContext(t *testing.T) caddy.Context {
 }
 
 // Handlers with the same settings share one watch, across "reloads", and
-// the last one to go stops it.
+// the last one to go stops it. A Front before the shared agent counts the
+// health queries the handlers send.
 func TestConsulSourceSharesWatcher(t *testing.T) {
 	t.Parallel()
-	agent, _ := startTestAgent(t, "", 7101, 7102)
-	cfg := ConsulConfig{Address: agent.Addr(), Service: "echo", Wait: caddy.Duration(10 * time.Second)}
+	svc, _ := sharedEcho(t, 7101, 7102)
+	front := consuldev.NewFront(t, consuldev.Shared(t).Addr())
+	cfg := ConsulConfig{Address: front.Addr(), Service: svc, Wait: caddy.Duration(10 * time.Second)}
 	ctx := testCaddyContext(t)
 
 	a := &ConsulSource{ConsulConfig: cfg}
@@ -246,14 +269,18 @@ func TestConsulSourceSharesWatcher(t *testing.T) {
 	if consulBackends.lookup("127.0.0.1:7101") == nil {
 		t.Error("backend not indexed for ws_least_conn")
 	}
-	queries := agent.Requests("/v1/health/service/echo")
+	health := "/v1/health/service/" + svc
+	queries := front.Requests(health)
+	if queries == 0 {
+		t.Fatal("the Front counted no health queries: the watch does not go through it")
+	}
 	a.Stop()
 	a.Stop() // idempotent
 	if n, _ := consulWatchers.References(key); n != 1 {
 		t.Errorf("watch references after one Stop = %d, want 1", n)
 	}
-	if agent.Requests("/v1/health/service/echo") > queries+1 {
-		t.Error("stopping one handler restarted the watch")
+	if n := front.Requests(health); n > queries+1 {
+		t.Errorf("stopping one handler restarted the watch: %d health queries, %d before", n, queries)
 	}
 	w := b.watcher
 	b.Stop()
@@ -263,44 +290,73 @@ func TestConsulSourceSharesWatcher(t *testing.T) {
 	if consulBackends.lookup("127.0.0.1:7101") != nil {
 		t.Error("backend still indexed after the last Stop")
 	}
-	n := w.Queries()
+	n, sent := w.Queries(), front.Requests(health)
 	time.Sleep(100 * time.Millisecond)
-	if w.Queries() != n {
+	if w.Queries() != n || front.Requests(health) != sent {
 		t.Error("watch still querying after the last Stop")
 	}
 	new(ConsulSource).Stop() // never started
 }
 
+// With ACLs on (default deny), a balancer whose token may read the service
+// and its nodes watches it; without a token, with a token Consul does not
+// know, or with one too weak, Start fails with ErrPermissionDenied.
 func TestConsulSourceACL(t *testing.T) {
 	t.Parallel()
-	agent, _ := startTestAgent(t, "s3cret", 7201)
-	ctx := testCaddyContext(t)
-	bad := &ConsulSource{ConsulConfig: ConsulConfig{Address: agent.Addr(), Service: "echo", Token: "wrong"}}
-	_, err := bad.Start(ctx, usagePoolStore{}, 0)
-	if !errors.Is(err, consul.ErrPermissionDenied) || !strings.Contains(err.Error(), "consul: permission denied: check the token") {
-		t.Fatalf("wrong token: %v", err)
+	agent := consuldev.Start(t, consuldev.Options{ACL: true})
+	const svc = "acl-echo"
+	registerEcho(t, agent.Client(t, consuldev.ManagementToken), svc, 7201, nil)
+	tests := []struct {
+		name  string
+		rules string // "" with token "": no token
+		token string // a token Consul does not know, when set
+		ok    bool
+	}{
+		{name: "balancer token", rules: consuldev.BalancerRules(svc), ok: true},
+		{name: "no token"},
+		{name: "wrong token", token: "4a6e8f1c-0000-4000-8000-000000000000"},
+		// Without node:read, Consul filters every instance out instead of
+		// refusing: the watcher must still say so.
+		{name: "service read without node read", rules: `service "` + svc + `" { policy = "read" }`},
+		{name: "another service's token", rules: consuldev.BalancerRules("other")},
 	}
-	bad.Stop()
-	good := &ConsulSource{ConsulConfig: ConsulConfig{Address: agent.Addr(), Service: "echo", Token: "s3cret"}}
-	src, err := good.Start(ctx, usagePoolStore{}, 0)
-	if err != nil {
-		t.Fatalf("right token: %v", err)
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			token := tt.token
+			if tt.rules != "" {
+				token = agent.Token(t, "balancer-"+strconv.Itoa(i), tt.rules)
+			}
+			ctx := testCaddyContext(t)
+			src := &ConsulSource{ConsulConfig: ConsulConfig{Address: agent.Addr(), Service: svc, Token: token}}
+			defer src.Stop()
+			ups, err := src.Start(ctx, usagePoolStore{}, 0)
+			if !tt.ok {
+				if !errors.Is(err, consul.ErrPermissionDenied) || !strings.Contains(err.Error(), "consul: permission denied: check the token") {
+					t.Fatalf("Start: %v, want ErrPermissionDenied", err)
+				}
+				t.Logf("Start: %v", err)
+				return
+			}
+			if err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+			if n := len(ups.Upstreams()); n != 1 {
+				t.Fatalf("%d upstreams, want 1", n)
+			}
+		})
 	}
-	defer good.Stop()
-	if len(src.Upstreams()) != 1 {
-		t.Fatalf("right token: %d upstreams", len(src.Upstreams()))
-	}
-	if _, err := (&ConsulSource{}).Start(ctx, usagePoolStore{}, 0); err == nil {
+	if _, err := (&ConsulSource{}).Start(testCaddyContext(t), usagePoolStore{}, 0); err == nil {
 		t.Error("Start without a service succeeded")
 	}
 }
 
 func TestConsulUpstreams(t *testing.T) {
 	t.Parallel()
-	agent, c := startTestAgent(t, "", 7301, 7302)
-	registerEcho(t, c, 7303, map[string]string{wsbackend.MetaDraining: "true"})
+	svc, c := sharedEcho(t, 7301, 7302)
+	registerEcho(t, c, svc, 7303, map[string]string{wsbackend.MetaDraining: "true"})
 	ctx := testCaddyContext(t)
-	cu := &ConsulUpstreams{ConsulConfig: ConsulConfig{Address: agent.Addr(), Service: "echo"}}
+	cu := &ConsulUpstreams{ConsulConfig: ConsulConfig{Address: consuldev.Shared(t).Addr(), Service: svc}}
 	if err := cu.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -320,18 +376,23 @@ func TestConsulUpstreams(t *testing.T) {
 	if again[0] == ups[0] {
 		t.Error("GetUpstreams hands out the same Upstream twice; reverse_proxy fills them in per request")
 	}
-	registerEcho(t, c, 7304, nil)
-	deadline := time.Now().Add(time.Second)
+	// A new instance shows without a reload: the watch's blocking query
+	// wakes on the registration. The deadline only bounds the test; the
+	// figure is logged.
+	registered := time.Now()
+	registerEcho(t, c, svc, 7304, nil)
+	deadline := registered.Add(10 * time.Second)
 	for {
 		ups, _ = cu.GetUpstreams(nil)
 		if len(ups) == 3 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("new instance not seen within a second: %d upstreams", len(ups))
+			t.Fatalf("new instance not seen within 10s: %d upstreams", len(ups))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	t.Logf("new instance among the upstreams %v after its registration", time.Since(registered).Round(time.Millisecond))
 }
 
 // rpUpstream is a reverse_proxy upstream ready for selection.

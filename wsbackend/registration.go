@@ -132,7 +132,8 @@ type Registration struct {
 //
 // If the agent forgets the service (it restarted without its data, or
 // reaped the service after a long outage), the next heartbeat registers it
-// again. Failures are logged once per episode and retried with backoff.
+// again, as does any earlier count report or Drain. Failures are logged
+// once per episode and retried with backoff.
 //
 // ctx bounds the whole registration, not just this call: when it ends the
 // loops stop without deregistering (the check then expires after TTL and
@@ -144,6 +145,12 @@ func Register(ctx context.Context, opts RegistrationOptions) (*Registration, err
 		return nil, err
 	}
 	if err := r.reporter.publish(ctx); err != nil {
+		if isDenied(err) {
+			// Consul names neither a missing token (it reports the
+			// anonymous token's accessor ID) nor what was needed.
+			return nil, fmt.Errorf("registering service %q as %q with Consul: %w; the Consul token must exist and grant service:write on %q",
+				r.opts.Service, r.id, err, r.opts.Service)
+		}
 		return nil, fmt.Errorf("registering service %q as %q with Consul: %w", r.opts.Service, r.id, err)
 	}
 	r.logger.Info("registered with Consul",
@@ -304,12 +311,23 @@ func (r *Registration) registration(connections int64) *api.AgentServiceRegistra
 			Name:    "WebSocket backend heartbeat",
 			Notes:   "TTL heartbeat; the load report balancers read is the service meta " + MetaConnections,
 			TTL:     r.opts.TTL.String(),
-			// Passing from the start, so that the instance is usable at once.
-			// A re-registration keeps the check's current status.
-			Status:                         api.HealthPassing,
+			// The status a heartbeat would give this count: passing from the
+			// start, so that the instance is usable at once, unless it is
+			// full. The agent keeps the status of a check it already has, so
+			// this matters when it forgot the service: a full backend
+			// registered again must not pass until the next heartbeat.
+			Status:                         r.statusFor(connections),
 			DeregisterCriticalServiceAfter: r.opts.DeregisterCriticalAfter.String(),
 		},
 	}
+}
+
+// statusFor is the check status for a published count (-1: none).
+func (r *Registration) statusFor(connections int64) string {
+	if r.opts.Capacity > 0 && connections >= r.opts.Capacity {
+		return api.HealthWarning
+	}
+	return api.HealthPassing
 }
 
 // register is the Reporter's Publish: it (re-)registers the service with
@@ -345,9 +363,7 @@ func (r *Registration) checkState() (status, output string) {
 	status = api.HealthPassing
 	if ok && n >= 0 {
 		output = fmt.Sprintf("connections=%d capacity=%d", n, capacity)
-		if capacity > 0 && n >= capacity {
-			status = api.HealthWarning
-		}
+		status = r.statusFor(n)
 	} else {
 		output = fmt.Sprintf("capacity=%d", capacity)
 	}
@@ -385,8 +401,8 @@ func (r *Registration) heartbeatLoop(ctx context.Context) {
 		}
 		status, output := r.checkState()
 		err := r.heartbeat(ctx, status, output)
-		if err != nil && isUnknownCheck(err) && ctx.Err() == nil {
-			// The agent forgot us: register again (passing), then heartbeat.
+		if err != nil && agentForgot(err) && ctx.Err() == nil {
+			// The agent forgot us: register again, then heartbeat.
 			if !fails.failing {
 				r.logger.Info("the Consul agent lost the registration; registering again", zap.Error(err))
 			}
@@ -411,27 +427,44 @@ func (r *Registration) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// isUnknownCheck reports whether a TTL update failed because the agent does
-// not know the check (404 "Unknown check ID" in current Consul, 500 "does
-// not have associated TTL" in old versions).
-func isUnknownCheck(err error) bool {
+// agentForgot reports whether a call about this backend's check or service
+// failed because the agent does not know it (it restarted without its data,
+// or reaped the service after a long outage), so that registering again
+// heals it. Consul 1.14.11 answers a TTL update of a forgotten check 404
+// `Unknown check ID "…"` (seen on the real agent), a call about a forgotten
+// service 404 `Unknown service ID "…"` or `No service registered with ID
+// "…"`. The other wordings matched ("does not have associated TTL", a 500
+// for a check without a TTL timer, and "service not found") cover answers
+// that are not 404s. Any 404 counts: registering again is harmless if it
+// was not that.
+func agentForgot(err error) bool {
 	var se api.StatusError
 	if !errors.As(err, &se) {
 		return false
 	}
-	return se.Code == http.StatusNotFound ||
-		strings.Contains(se.Body, "does not have associated TTL") ||
-		strings.Contains(strings.ToLower(se.Body), "unknown check")
+	if se.Code == http.StatusNotFound {
+		return true
+	}
+	body := strings.ToLower(se.Body)
+	for _, s := range []string{"unknown check", "does not have associated ttl", "unknown service", "service not found", "no service registered"} {
+		if strings.Contains(body, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // isPermanent reports whether retrying err cannot help: a request Consul
 // refuses (400, 401, 403).
 func isPermanent(err error) bool {
 	var se api.StatusError
-	if !errors.As(err, &se) {
-		return false
-	}
-	return se.Code == http.StatusBadRequest || se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden
+	return isDenied(err) || errors.As(err, &se) && se.Code == http.StatusBadRequest
+}
+
+// isDenied reports whether Consul refused the token (401, 403).
+func isDenied(err error) bool {
+	var se api.StatusError
+	return errors.As(err, &se) && (se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden)
 }
 
 // Drain marks the backend draining (meta ws_draining=true, re-registered at

@@ -16,6 +16,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
+
+	"github.com/wsbalancer/caddy-wsbalancer/internal/retry"
 )
 
 // Registration defaults; see RegistrationOptions.
@@ -384,8 +386,8 @@ func (r *Registration) heartbeat(ctx context.Context, status, output string) err
 // heartbeatLoop updates the TTL check every ReportInterval, and at once when
 // a publish changed the check's status.
 func (r *Registration) heartbeatLoop(ctx context.Context) {
-	fails := failureLog{logger: r.logger, what: "updating the TTL check " + r.checkID}
-	bo := backoff{min: 250 * time.Millisecond, max: r.opts.ReportInterval}
+	fails := newOutage(r.logger, "updating the TTL check "+r.checkID)
+	bo := retry.Backoff{Base: 250 * time.Millisecond, Max: r.opts.ReportInterval}
 	timer := time.NewTimer(r.opts.ReportInterval)
 	defer timer.Stop()
 	lastStatus := api.HealthPassing
@@ -403,7 +405,7 @@ func (r *Registration) heartbeatLoop(ctx context.Context) {
 		err := r.heartbeat(ctx, status, output)
 		if err != nil && agentForgot(err) && ctx.Err() == nil {
 			// The agent forgot us: register again, then heartbeat.
-			if !fails.failing {
+			if fails.Failures() == 0 {
 				r.logger.Info("the Consul agent lost the registration; registering again", zap.Error(err))
 			}
 			if err = r.reporter.PublishNow(ctx); err == nil {
@@ -416,11 +418,11 @@ func (r *Registration) heartbeatLoop(ctx context.Context) {
 		}
 		wait := r.opts.ReportInterval
 		if err != nil {
-			fails.fail(err)
-			wait = bo.next()
+			fails.Fail(err)
+			wait = bo.Next()
 		} else {
-			fails.ok()
-			bo.reset()
+			fails.OK()
+			bo.Reset()
 			lastStatus = status
 		}
 		timer.Reset(wait)
@@ -514,13 +516,13 @@ func (r *Registration) Deregister(ctx context.Context) error {
 	r.reporter.pubMu.Lock()
 	defer r.reporter.pubMu.Unlock()
 
-	fails := failureLog{logger: r.logger, what: "deregistering the service"}
-	bo := backoff{min: 250 * time.Millisecond, max: 5 * time.Second}
+	fails := newOutage(r.logger, "deregistering the service")
+	bo := retry.Backoff{Base: 250 * time.Millisecond, Max: 5 * time.Second}
 	for {
 		err := r.deregister(ctx)
 		var se api.StatusError
 		if err == nil || (errors.As(err, &se) && se.Code == http.StatusNotFound) {
-			fails.ok()
+			fails.OK()
 			r.mu.Lock()
 			r.deregistered = true
 			r.mu.Unlock()
@@ -530,8 +532,8 @@ func (r *Registration) Deregister(ctx context.Context) error {
 		if isPermanent(err) || ctx.Err() != nil {
 			return fmt.Errorf("deregistering service %q from Consul: %w", r.id, err)
 		}
-		fails.fail(err)
-		t := time.NewTimer(bo.next())
+		fails.Fail(err)
+		t := time.NewTimer(bo.Next())
 		select {
 		case <-ctx.Done():
 			t.Stop()

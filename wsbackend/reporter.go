@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/wsbalancer/caddy-wsbalancer/internal/retry"
 )
 
 // Publishing defaults; see ReporterOptions.
@@ -299,8 +301,8 @@ func (r *Reporter) Run(ctx context.Context) error {
 	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	fails := failureLog{logger: r.logger, what: "publishing the connection count"}
-	bo := backoff{min: r.opts.MinPublishInterval, max: max(30*time.Second, r.opts.MinPublishInterval)}
+	fails := newOutage(r.logger, "publishing the connection count")
+	bo := retry.Backoff{Base: r.opts.MinPublishInterval, Max: max(30*time.Second, r.opts.MinPublishInterval)}
 	for {
 		select {
 		case <-ctx.Done():
@@ -315,15 +317,15 @@ func (r *Reporter) Run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				fails.fail(err)
+				fails.Fail(err)
 				// A failed publish may still have reached Consul (a timeout
 				// after the agent applied it): keep the rate limit.
-				wait := max(bo.next(), r.opts.MinPublishInterval)
+				wait := max(bo.Next(), r.opts.MinPublishInterval)
 				r.nextAllowed.Store(now.Add(wait).UnixNano())
 				at, ok = r.due(time.Now())
 			} else {
-				fails.ok()
-				bo.reset()
+				fails.OK()
+				bo.Reset()
 				continue // publish signalled: evaluate again at once
 			}
 		}
@@ -335,50 +337,7 @@ func (r *Reporter) Run(ctx context.Context) error {
 	}
 }
 
-// backoff is exponential with "equal jitter": each wait is between half and
-// all of min doubled per failure, capped at max.
-type backoff struct {
-	min, max time.Duration
-	n        int
-}
-
-func (b *backoff) next() time.Duration {
-	d := b.min
-	for i := 0; i < b.n && d < b.max; i++ {
-		d *= 2
-	}
-	d = min(d, b.max)
-	b.n++
-	return d/2 + rand.N(d/2+1)
-}
-
-func (b *backoff) reset() { b.n = 0 }
-
-// failureLog logs the first failure of an episode with its error and the
-// recovery that ends it, so that an agent that is down for an hour costs two
-// log lines, not one per retry.
-type failureLog struct {
-	logger  *zap.Logger
-	what    string
-	failing bool
-	since   time.Time
-	n       int
-}
-
-func (f *failureLog) fail(err error, fields ...zap.Field) {
-	f.n++
-	if f.failing {
-		f.logger.Debug(f.what+" failed again", append(fields, zap.Error(err), zap.Int("failures", f.n))...)
-		return
-	}
-	f.failing, f.since = true, time.Now()
-	f.logger.Warn(f.what+" failed; retrying with backoff", append(fields, zap.Error(err))...)
-}
-
-func (f *failureLog) ok() {
-	if !f.failing {
-		return
-	}
-	f.logger.Info(f.what+" recovered", zap.Int("failures", f.n), zap.Duration("after", time.Since(f.since)))
-	f.failing, f.n = false, 0
+// newOutage returns the outage log of one of the library's loops.
+func newOutage(logger *zap.Logger, what string) *retry.Outage {
+	return &retry.Outage{Logger: logger, Failed: what + " failed; retrying with backoff", Recovered: what + " recovered"}
 }

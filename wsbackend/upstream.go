@@ -29,7 +29,28 @@ type Upstream struct {
 	MaxConns int64
 	// Draining upstreams keep their connections but get no new ones.
 	Draining bool
+	// Active, if set, is the verdict of the active health checks run on
+	// the backend for this upstream's handler; nil means none run.
+	Active *ActiveHealth
 }
+
+// Healthy reports whether the upstream may be tried: its backend is not
+// resting after a failed dial or handshake (passive health), and it passes
+// its active health checks, if any.
+func (u *Upstream) Healthy(now time.Time) bool {
+	return u.Backend.Healthy(now) && u.Active.Up()
+}
+
+// ActiveHealth is the verdict of an active health check on a backend: set
+// by the checker, read at every selection. The zero value is healthy, and
+// so is a nil *ActiveHealth. It must not be copied.
+type ActiveHealth struct{ down atomic.Bool }
+
+// Up reports whether the last verdict was healthy.
+func (h *ActiveHealth) Up() bool { return h == nil || !h.down.Load() }
+
+// Set records a verdict and reports whether it changed.
+func (h *ActiveHealth) Set(up bool) (changed bool) { return h.down.Swap(!up) == up }
 
 // Limit is the effective cap on the backend's load: the lower of MaxConns
 // and the capacity it reported, 0 meaning none.

@@ -65,31 +65,43 @@ func (adminAPI) handleBackends(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed", r.Method)}
 	}
-	now := time.Now()
-	resp := backendsResponse{Backends: []backendStatus{}}
+	list, total := listBackends(time.Now())
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(backendsResponse{Backends: list, TotalLive: total})
+}
+
+// listBackends is the one listing of the backends, for the admin API and
+// the status page: every backend of every provisioned handler once, by ID,
+// with its state and counts, then those no longer configured that still
+// carry connections ("removed"); and the live connections over all.
+func listBackends(now time.Time) ([]backendStatus, int64) {
+	list := []backendStatus{}
 	seen := make(map[string]bool)
 	handlers.each(func(h *Handler) {
+		if h.source == nil {
+			return // not provisioned (yet)
+		}
 		for _, u := range h.source.Upstreams() {
 			if seen[u.Addr()] {
 				continue
 			}
 			seen[u.Addr()] = true
-			resp.Backends = append(resp.Backends, backendStatus{
-				ID: u.ID, URL: u.URL.String(), State: u.State(now), MaxConns: u.Limit(), Stats: u.Stats(now),
-			})
+			st := u.Stats(now)
+			st.Healthy = u.Healthy(now) // active health checks included
+			list = append(list, backendStatus{ID: u.ID, URL: u.URL.String(), State: u.State(now), MaxConns: u.Limit(), Stats: st})
 		}
 	})
-	backendStates.Range(func(key, value any) bool {
-		s := value.(backendEntry).Stats(now)
-		resp.TotalLive += s.Live
-		if !seen[s.Addr] && s.Live > 0 {
-			resp.Backends = append(resp.Backends, backendStatus{ID: s.Addr, State: "removed", Stats: s})
+	var total int64
+	backendStates.Range(func(_, value any) bool {
+		st := value.(backendEntry).Stats(now)
+		total += st.Live
+		if !seen[st.Addr] && st.Live > 0 {
+			list = append(list, backendStatus{ID: st.Addr, State: "removed", Stats: st})
 		}
 		return true
 	})
-	sort.Slice(resp.Backends, func(i, j int) bool { return resp.Backends[i].ID < resp.Backends[j].ID })
-	w.Header().Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(resp)
+	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
+	return list, total
 }
 
 // Interface guards

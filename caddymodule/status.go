@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
-	"sort"
 	"sync"
 	"time"
 
@@ -126,36 +125,6 @@ type statusData struct {
 	Series    map[string][]int64 `json:"series"` // live count per backend per sample; -1 where absent
 }
 
-// currentBackends lists the backends of every handler, as the admin API
-// does.
-func currentBackends(now time.Time) ([]backendStatus, int64) {
-	list := []backendStatus{}
-	seen := make(map[string]bool)
-	handlers.each(func(h *Handler) {
-		if h.source == nil {
-			return
-		}
-		for _, u := range h.source.Upstreams() {
-			if seen[u.Addr()] {
-				continue
-			}
-			seen[u.Addr()] = true
-			list = append(list, backendStatus{ID: u.ID, URL: u.URL.String(), State: u.State(now), MaxConns: u.Limit(), Stats: u.Stats(now)})
-		}
-	})
-	var total int64
-	backendStates.Range(func(_, value any) bool {
-		st := value.(backendEntry).Stats(now)
-		total += st.Live
-		if !seen[st.Addr] && st.Live > 0 {
-			list = append(list, backendStatus{ID: st.Addr, State: "removed", Stats: st})
-		}
-		return true
-	})
-	sort.Slice(list, func(i, j int) bool { return list[i].ID < list[j].ID })
-	return list, total
-}
-
 // statusHistories holds the samplers by interval and span, so that the
 // chart's history survives config reloads.
 var statusHistories = caddy.NewUsagePool()
@@ -187,7 +156,7 @@ func (h *statusHistory) run(ctx context.Context) {
 }
 
 func (h *statusHistory) sample(now time.Time) {
-	list, _ := currentBackends(now)
+	list, _ := listBackends(now)
 	m := make(map[string]int64, len(list))
 	for _, b := range list {
 		m[b.Addr] = b.Live
@@ -203,7 +172,7 @@ func (h *statusHistory) sample(now time.Time) {
 }
 
 func (h *statusHistory) snapshot(now time.Time) statusData {
-	list, total := currentBackends(now)
+	list, total := listBackends(now)
 	d := statusData{Now: now.UnixMilli(), Interval: h.interval.Milliseconds(), Backends: list, TotalLive: total, Series: map[string][]int64{}}
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -27,58 +27,17 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 	return handler, err
 }
 
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
 //
 //	ws_balancer [<matcher>] [<backends...>] {
-//		mode                  proxy|assign
-//		backends              <backends...>
-//		consul {
-//			<see ConsulSource>
-//		}
-//		max_conns             <n>
-//		fail_duration         <duration>
-//		max_attempts          <n>
-//		dial_timeout          <duration>
-//		handshake_timeout     <duration>
-//		retry_after           <duration>
-//		reject_non_websocket
-//		source_addresses      <ip|cidr...>
-//
-//		# upstream request and answer (see caddyfile_upstream.go):
-//		header_up             [+|-]<field> [<value|regexp> [<replacement>]]
-//		header_down           [+|-]<field> [<value|regexp> [<replacement>]]
-//		tls_trusted_ca_certs  <pem_files...>
-//		tls_trust_pool        <module> {
-//			<module options>
-//		}
-//		tls_client_auth       <automate_name> | <cert_file> <key_file>
-//		tls_server_name       <server_name>
-//		tls_insecure_skip_verify
-//
-//		# operations (see OpsConfig):
-//		drain_close_rate      <n>[/s|/m]
-//		shutdown_grace        <duration>
-//		idle_timeout          <duration>
-//		origins               <patterns...>
-//		max_conns_per_ip      <n>
-//		upgrade_rate          <n>[/s|/m] [<burst>]
-//		rebalance {
-//			ratio <float>
-//			after <duration>
-//			rate  <n>[/s|/m]
-//		}
-//
-//		# mode assign only (see AssignConfig):
-//		token_key             <path>|<placeholder>
-//		token_kid             <kid>
-//		token_ttl             <duration>
-//		response              auto|redirect|json
-//		subject               <text with placeholders>
-//		assign_hold           <duration>
-//		selection             least_loaded|two_choices
+//		<options>
 //	}
 //
-// Backends are host:port or ws:// / wss:// URLs with an optional path.
+// README.md lists the options, with their syntax (once, there: a test
+// adapts every Caddyfile in the docs, so that they cannot drift from this
+// parser). Each concern parses its own: unmarshalSourceOption (backends,
+// dynamic, consul, health_*), unmarshalUpstreamOption (header_up,
+// header_down, tls_*), unmarshalOpsOption and unmarshalAssignOption.
 // The directive needs no order line: it is registered before respond (see
 // init), and a global `order ws_balancer ...` still overrides that.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -99,17 +58,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Mode = d.Val()
 			if h.Mode != modeProxy && h.Mode != modeAssign {
 				return d.Errf("unknown mode %q (want %q or %q)", h.Mode, modeProxy, modeAssign)
-			}
-		case "backends":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			h.Backends = append(h.Backends, args...)
-		case "consul":
-			h.Consul = new(ConsulSource)
-			if err := h.Consul.UnmarshalCaddyfile(d); err != nil {
-				return err
 			}
 		case "max_conns":
 			n, err := intArg(d)
@@ -151,19 +99,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.SourceAddresses = args
 		default:
-			if ok, err := h.unmarshalUpstreamOption(d); ok {
-				if err != nil {
-					return err
-				}
-				continue
-			}
-			if ok, err := h.unmarshalOpsOption(d); ok {
-				if err != nil {
-					return err
-				}
-				continue
-			}
-			if err := h.unmarshalAssignOption(d); err != nil {
+			if err := h.unmarshalOtherOption(d); err != nil {
 				return err
 			}
 		}
@@ -172,6 +108,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("unexpected token %q after the ws_balancer block", d.Val())
 	}
 	return nil
+}
+
+// unmarshalOtherOption passes an option to the parser of its concern;
+// the last one, assign mode's, refuses what no parser knows.
+func (h *Handler) unmarshalOtherOption(d *caddyfile.Dispenser) error {
+	for _, parse := range []func(*caddyfile.Dispenser) (bool, error){
+		h.unmarshalSourceOption, h.unmarshalUpstreamOption, h.unmarshalOpsOption,
+	} {
+		if ok, err := parse(d); ok {
+			return err
+		}
+	}
+	return h.unmarshalAssignOption(d)
 }
 
 // repeatableOptions may be given more than once; they add up.

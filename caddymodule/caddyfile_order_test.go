@@ -77,31 +77,10 @@ func TestSiteWithoutOrderLineServesWebSockets(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	backend := startEchoBackend(t, nil)
-	var port int
-	for attempt := 0; ; attempt++ {
-		port = freePort(t)
-		site := strings.NewReplacer(":8091", fmt.Sprintf(":%d", port),
+	base := runCaddy(t, func(port int) string {
+		return strings.NewReplacer(":8091", fmt.Sprintf(":%d", port),
 			"127.0.0.1:9101 127.0.0.1:9102", backend).Replace(orderSite)
-		cfg := adaptCaddyfile(t, site)
-		// Only to keep the test off the shared admin port and config
-		// autosave: the Caddyfile itself has no global options.
-		cfg["admin"] = map[string]any{"disabled": true, "config": map[string]any{"persist": false}}
-		raw, err := json.Marshal(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = caddy.Load(raw, true)
-		if err == nil {
-			break
-		}
-		// The free port may be taken between its probe and Caddy's listen.
-		if !strings.Contains(err.Error(), "address already in use") || attempt == 4 {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { caddy.Stop() })
-
-	base := fmt.Sprintf("127.0.0.1:%d", port)
+	})
 	for _, path := range []string{"/", "/ws"} { // /ws without an upgrade falls through
 		resp, err := http.Get("http://" + base + path)
 		if err != nil {
@@ -119,6 +98,33 @@ func TestSiteWithoutOrderLineServesWebSockets(t *testing.T) {
 	}
 	defer c.Close()
 	echo(t, c, "through caddy")
+}
+
+// runCaddy runs real Caddy, in process, on the Caddyfile that site makes
+// for a free port, until the test ends, and returns the host:port it
+// serves. The Caddyfile itself needs no global options: the admin
+// endpoint is turned off and config autosave too only to keep the test off
+// the shared ones.
+func runCaddy(t *testing.T, site func(port int) string) string {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		port := freePort(t)
+		cfg := adaptCaddyfile(t, site(port))
+		cfg["admin"] = map[string]any{"disabled": true, "config": map[string]any{"persist": false}}
+		raw, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = caddy.Load(raw, true)
+		if err == nil {
+			t.Cleanup(func() { caddy.Stop() })
+			return fmt.Sprintf("127.0.0.1:%d", port)
+		}
+		// The free port may be taken between its probe and Caddy's listen.
+		if !strings.Contains(err.Error(), "address already in use") || attempt == 4 {
+			t.Fatal(err)
+		}
+	}
 }
 
 // adaptCaddyfile adapts a Caddyfile with Caddy's own adapter, failing the

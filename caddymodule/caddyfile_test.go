@@ -87,6 +87,8 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"ws_balancer {\n consul {\n service ws\n }\n}",
 		"ws_balancer wss://h:1 {\n header_up X-A {host}\n header_up -B\n header_down +C d\n tls_server_name x\n}",
 		"ws_balancer wss://h:1 {\n tls_trusted_ca_certs /nonexistent.pem\n tls_client_auth a b\n}",
+		"ws_balancer {\n dynamic a localhost 9101 {\n versions ipv4\n }\n health_uri /healthz\n health_interval 1s\n}",
+		"ws_balancer 127.0.0.1:1 {\n health_port 2\n health_headers {\n Host x\n }\n health_status 5xx\n}",
 		"ws_balancer {\n}\n}",
 		"ws_balancer \"{\"",
 	} {

@@ -104,25 +104,10 @@ func (c ConsulConfig) resolve() consul.Config {
 	}
 }
 
-// unmarshalBlock parses the consul options from the dispenser positioned on
-// the token that names the block ("consul"), at any nesting:
-//
-//	consul [<service>] {
-//		service     <name>
-//		tag         <tag>
-//		address     <host:port|url>
-//		scheme      http|https
-//		token       <token>
-//		datacenter  <dc>
-//		ca_file     <path>
-//		ca_path     <dir>
-//		cert_file   <path>
-//		key_file    <path>
-//		tls_server_name <name>
-//		tls_insecure_skip_verify
-//		wait        <duration>
-//		consistency default|stale|consistent
-//	}
+// unmarshalBlock is the one parser of the consul options, for the consul
+// block of ws_balancer and for reverse_proxy's (and ws_balancer's)
+// `dynamic consul`. The dispenser is on the token that names the block
+// ("consul"), at any nesting. The syntax is in README.md, "With Consul".
 func (c *ConsulConfig) unmarshalBlock(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	switch args := d.RemainingArgs(); len(args) {
@@ -215,27 +200,31 @@ func oneArg(d *caddyfile.Dispenser) (string, error) {
 	return v, nil
 }
 
-// ConsulSource discovers a ws_balancer's backends in Consul: the passing
-// instances of a service, dialled at the service's address and port (the
-// node's address if the service has none), with the load each one
-// publishes in its service meta (ws_connections, ws_capacity, ws_url,
-// ws_draining). Changes in Consul reach the balancer within a second.
+// ConsulSource is one running view of a Consul service: the passing
+// instances, dialled at the service's address and port (the node's address
+// if the service has none), with the load each one publishes in its service
+// meta. Start and Stop are the only code that starts and stops Consul
+// discovery: the consul block of ws_balancer (whose JSON this is: the
+// short form of dynamic_backends with source consul) and ConsulUpstreams
+// both use them.
 //
-// If Consul refuses the token, provisioning fails. If Consul cannot be
-// reached, the handler starts with no backends (answering 503) and picks
-// them up as soon as Consul answers; if Consul goes away later, the last
-// known backends are kept.
+// If Consul refuses the token, Start fails. If Consul cannot be reached,
+// Start succeeds with no backends and picks them up as soon as Consul
+// answers; if Consul goes away later, the last known backends are kept.
 type ConsulSource struct {
 	ConsulConfig
 
+	// scheme of the upstreams' URLs: ws (default) or wss.
+	scheme  string
 	watcher *sharedWatcher
 	source  *consul.Source
 }
 
 // Start begins watching Consul and returns the source of upstreams it keeps
-// up to date. The watch is shared with every other handler (and config
-// generation) that watches the same service with the same settings, and
-// lasts until the last of them calls Stop.
+// up to date, over Backends from store, each capped at maxConns (0: no cap
+// beyond what a backend reports). The watch is shared with every other view
+// (handler, config generation, reverse_proxy) of the same service with the
+// same settings, and lasts until the last of them calls Stop.
 func (c *ConsulSource) Start(ctx caddy.Context, store wsbackend.BackendStore, maxConns int64) (wsbackend.UpstreamSource, error) {
 	logger := ctx.Logger().Named("consul")
 	w, err := acquireWatcher(c.resolve(), logger)
@@ -244,13 +233,14 @@ func (c *ConsulSource) Start(ctx caddy.Context, store wsbackend.BackendStore, ma
 	}
 	c.watcher = w
 	c.source = consul.NewSource(w.Watcher, registeringStore{store}, &consul.SourceOptions{
-		MaxConns: maxConns,
-		Logger:   logger,
+		MaxConns:      maxConns,
+		BackendScheme: c.scheme,
+		Logger:        logger,
 	})
 	return c.source, nil
 }
 
-// Stop ends this handler's use of the watch and releases the backends it
+// Stop ends this view's use of the watch and releases the backends it
 // holds. Connections already relayed are not affected. It is safe to call
 // more than once, and without Start.
 func (c *ConsulSource) Stop() {
@@ -265,24 +255,7 @@ func (c *ConsulSource) Stop() {
 }
 
 // UnmarshalCaddyfile parses the consul block inside ws_balancer; the
-// dispenser is on the "consul" token. Syntax:
-//
-//	consul [<service>] {
-//		service     <name>
-//		tag         <tag>
-//		address     <host:port|url>
-//		scheme      http|https
-//		token       <token>
-//		datacenter  <dc>
-//		ca_file     <path>
-//		ca_path     <dir>
-//		cert_file   <path>
-//		key_file    <path>
-//		tls_server_name <name>
-//		tls_insecure_skip_verify
-//		wait        <duration>
-//		consistency default|stale|consistent
-//	}
+// dispenser is on the "consul" token.
 func (c *ConsulSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return c.unmarshalBlock(d)
 }

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -41,9 +42,23 @@ type Handler struct {
 	// URLs with an optional path prefix joined before the request path.
 	Backends []string `json:"backends,omitempty"`
 
-	// Consul discovers backends (and their reported loads) from Consul,
-	// instead of a static list.
+	// DynamicBackendsRaw discovers the backends instead, with a module of
+	// reverse_proxy's namespace: consul (ours: backends with their load
+	// reports and Consul's health), or Caddy's srv, a and multi, whose
+	// host:port upstreams are polled every second (the modules cache their
+	// lookups for their refresh interval) and dialled as ws://, or wss://
+	// when tls options are given. Placeholders in their options must be
+	// global ones ({env.*}): they are read in the background, not per
+	// request.
+	DynamicBackendsRaw json.RawMessage `json:"dynamic_backends,omitempty" caddy:"namespace=http.reverse_proxy.upstreams inline_key=source"`
+
+	// Consul is short for dynamic_backends with source consul: backends
+	// and their reported loads from a Consul service.
 	Consul *ConsulSource `json:"consul,omitempty"`
+
+	// HealthChecks probes static and polled dynamic backends in the
+	// background; one that fails gets no new connections.
+	HealthChecks *HealthChecks `json:"health_checks,omitempty"`
 
 	// MaxConns caps the live connections per backend; 0 means no cap.
 	// When every backend is full or down the client gets 503 with
@@ -107,14 +122,15 @@ type Handler struct {
 
 	logger *zap.Logger
 	store  wsbackend.BackendStore
-	pool   *wsbackend.Pool
-	// source is what the proxy chooses from: pool for static backends, or
-	// the Consul watcher's.
-	source wsbackend.UpstreamSource
-	proxy  *wsbackend.Proxy
-	// held are the addresses this handler holds in backendStates.
-	held []string
-	ops  *opsState
+	// source is what the proxy chooses from (see provisionSource);
+	// sourceStop releases it.
+	source     wsbackend.UpstreamSource
+	sourceStop func()
+	// dynamicGiven records that DynamicBackendsRaw was given (loading
+	// the module clears it).
+	dynamicGiven bool
+	proxy        *wsbackend.Proxy
+	ops          *opsState
 }
 
 // CaddyModule returns the Caddy module information.
@@ -132,31 +148,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Mode == "" {
 		h.Mode = modeProxy
 	}
-	ups := make([]*wsbackend.Upstream, 0, len(h.Backends))
-	for _, s := range h.Backends {
-		u, err := wsbackend.ParseBackendURL(s)
-		if err != nil {
-			return err // Caddy calls Cleanup after a failed Provision
-		}
-		h.held = append(h.held, u.Host)
-		ups = append(ups, &wsbackend.Upstream{
-			Backend:  h.store.Acquire(u.Host),
-			ID:       u.Host,
-			URL:      u,
-			MaxConns: h.MaxConns,
-		})
-	}
-	h.pool = new(wsbackend.Pool)
-	h.pool.Set(ups)
-	h.source = h.pool
-	if h.Consul != nil {
-		src, err := h.Consul.Start(ctx, h.store, h.MaxConns)
-		if err != nil {
-			return fmt.Errorf("starting Consul discovery: %w", err)
-		}
-		h.source = src
-	}
-
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -171,6 +162,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if err := h.provisionUpstream(ctx, opts); err != nil {
 		return err
+	}
+	if err := h.provisionSource(ctx, opts.TLSConfig); err != nil {
+		return err // Caddy calls Cleanup after a failed Provision
 	}
 	if len(h.SourceAddresses) > 0 {
 		dialer, err := newSourceDialer(h.SourceAddresses, time.Duration(h.DialTimeout))
@@ -208,11 +202,17 @@ func (h *Handler) Validate() error {
 	case h.Assign != nil:
 		return errors.New("assign options (token_key, ...) need mode assign")
 	}
-	if len(h.Backends) == 0 && h.Consul == nil {
-		return errors.New("no backends configured: give backends or a consul block")
+	sources := 0
+	for _, given := range []bool{len(h.Backends) > 0, h.dynamicGiven || h.DynamicBackendsRaw != nil, h.Consul != nil} {
+		if given {
+			sources++
+		}
 	}
-	if len(h.Backends) > 0 && h.Consul != nil {
-		return errors.New("give either static backends or a consul block, not both")
+	switch {
+	case sources == 0:
+		return errors.New("no backends configured: give backends, a dynamic source or a consul block")
+	case sources > 1:
+		return errors.New("give one of static backends, a dynamic source or a consul block, not several")
 	}
 	if err := h.validateUpstream(); err != nil {
 		return err
@@ -243,13 +243,10 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	handlers.remove(h)
 	h.cleanupOps()
-	if h.Consul != nil {
-		h.Consul.Stop()
+	if h.sourceStop != nil {
+		h.sourceStop()
+		h.sourceStop = nil
 	}
-	for _, addr := range h.held {
-		h.store.Release(addr)
-	}
-	h.held = nil
 	return nil
 }
 

@@ -110,10 +110,7 @@ func TestValidateUpstreamOptions(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, _ := parseHandler(t, tc.input, "")
-			err := h.validateUpstream()
-			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
-				t.Errorf("error %v, want one containing %q", err, tc.err)
-			}
+			wantError(t, h.validateUpstream(), tc.err)
 		})
 	}
 }
@@ -360,20 +357,7 @@ func (f *front) lastErr() error {
 // URL.
 func startEchoBackend(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
-	up := websocket.Upgrader{}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := up.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		for {
-			mt, msg, err := c.ReadMessage()
-			if err != nil || c.WriteMessage(mt, msg) != nil {
-				return
-			}
-		}
-	}))
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(serveEcho))
 	t.Cleanup(srv.Close)
 	if cfg == nil {
 		srv.Start()
@@ -383,6 +367,21 @@ func startEchoBackend(t *testing.T, cfg *tls.Config) string {
 	srv.TLS = cfg
 	srv.StartTLS()
 	return "wss://" + srv.Listener.Addr().String()
+}
+
+// serveEcho upgrades a request and echoes its messages.
+func serveEcho(w http.ResponseWriter, r *http.Request) {
+	c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	for {
+		mt, msg, err := c.ReadMessage()
+		if err != nil || c.WriteMessage(mt, msg) != nil {
+			return
+		}
+	}
 }
 
 func echo(t *testing.T, c *websocket.Conn, msg string) {

@@ -7,29 +7,38 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
-	"github.com/wsbalancer/caddy-wsbalancer/consul"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
 
 func init() {
 	caddy.RegisterModule(ConsulUpstreams{})
 }
 
-// ConsulUpstreams gives Caddy's reverse_proxy the passing instances of a
-// Consul service as dynamic upstreams, dialled at the service's address and
-// port (the node's address if the service has none). Instances that publish
-// ws_draining=true in their meta are left out. Unlike the DNS-based sources
-// it does not poll: one blocking-query watch per distinct configuration,
-// shared by every handler and across config reloads, keeps the list current
-// within a second of a change in Consul.
+// ConsulUpstreams is the Consul backend source, for Caddy's reverse_proxy
+// (`dynamic consul`) and for ws_balancer (`dynamic consul`, or its short
+// form, the consul block): the passing instances of a Consul service.
+// Unlike the DNS-based sources it does not poll: one blocking-query watch
+// per distinct configuration, shared by every handler and across config
+// reloads, keeps the list current within a second of a change in Consul.
 //
-// With lb_policy ws_least_conn, the load reports the backends publish
-// (ws_connections, ws_capacity) make the choice global across balancer
-// instances.
+// reverse_proxy gets the instances as dynamic upstreams, without those
+// that publish ws_draining=true; with lb_policy ws_least_conn, the load
+// reports the backends publish (ws_connections, ws_capacity) make the
+// choice global across balancer instances. ws_balancer gets its upstreams
+// from the source directly, draining marks and load reports included, and
+// balances by the global count; Consul's health checks are the backends'
+// health.
 type ConsulUpstreams struct {
 	ConsulConfig
 
-	watcher *sharedWatcher
-	source  *consul.Source
+	// rp is reverse_proxy's view of the service, and the view of the
+	// ws_balancer handlers that need no other.
+	rp ConsulSource
+
+	// views are the ws_balancer handlers' own views (their max_conns, or
+	// wss:// backends). Handlers provision and clean up in the config's
+	// load and unload, one at a time: no lock.
+	views []*ConsulSource
 }
 
 // CaddyModule returns the Caddy module information.
@@ -44,28 +53,20 @@ func (ConsulUpstreams) CaddyModule() caddy.ModuleInfo {
 // token; if Consul cannot be reached, it succeeds with no upstreams and the
 // watch keeps trying.
 func (cu *ConsulUpstreams) Provision(ctx caddy.Context) error {
-	logger := ctx.Logger().Named("consul")
-	w, err := acquireWatcher(cu.resolve(), logger)
-	if err != nil {
-		return err
-	}
-	cu.watcher = w
 	// The Backends carry the load reports for ws_least_conn; reverse_proxy
 	// counts its own requests in its own Hosts.
-	cu.source = consul.NewSource(w.Watcher, registeringStore{usagePoolStore{}}, &consul.SourceOptions{Logger: logger})
-	return nil
+	cu.rp.ConsulConfig = cu.ConsulConfig
+	_, err := cu.rp.Start(ctx, usagePoolStore{}, 0)
+	return err
 }
 
 // Cleanup leaves the watch, which stops with its last user.
 func (cu *ConsulUpstreams) Cleanup() error {
-	if cu.source != nil {
-		cu.source.Close()
-		cu.source = nil
+	cu.rp.Stop()
+	for _, v := range cu.views {
+		v.Stop()
 	}
-	if cu.watcher != nil {
-		cu.watcher.release()
-		cu.watcher = nil
-	}
+	cu.views = nil
 	return nil
 }
 
@@ -73,7 +74,7 @@ func (cu *ConsulUpstreams) Cleanup() error {
 // watch runs in the background. Each call returns new Upstream values, since
 // reverse_proxy fills them in per request.
 func (cu *ConsulUpstreams) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream, error) {
-	ups := cu.source.Upstreams()
+	ups := cu.rp.source.Upstreams()
 	out := make([]*reverseproxy.Upstream, 0, len(ups))
 	for _, u := range ups {
 		if u.IsDraining() {
@@ -84,24 +85,26 @@ func (cu *ConsulUpstreams) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream
 	return out, nil
 }
 
-// UnmarshalCaddyfile sets up the source from Caddyfile tokens. Syntax:
-//
-//	dynamic consul [<service>] {
-//		service     <name>
-//		tag         <tag>
-//		address     <host:port|url>
-//		scheme      http|https
-//		token       <token>
-//		datacenter  <dc>
-//		ca_file     <path>
-//		ca_path     <dir>
-//		cert_file   <path>
-//		key_file    <path>
-//		tls_server_name <name>
-//		tls_insecure_skip_verify
-//		wait        <duration>
-//		consistency default|stale|consistent
-//	}
+// startWS gives a ws_balancer handler its view of the service: the
+// provisioned one when the handler caps nothing and dials ws://, else one
+// of its own over the same watch, stopped by the returned func (or by
+// Cleanup).
+func (cu *ConsulUpstreams) startWS(ctx caddy.Context, store wsbackend.BackendStore, maxConns int64, scheme string) (wsbackend.UpstreamSource, func(), error) {
+	if maxConns == 0 && scheme == schemeWS && store == (usagePoolStore{}) {
+		return cu.rp.source, func() {}, nil
+	}
+	v := &ConsulSource{ConsulConfig: cu.ConsulConfig, scheme: scheme}
+	src, err := v.Start(ctx, store, maxConns)
+	if err != nil {
+		return nil, nil, err
+	}
+	cu.views = append(cu.views, v)
+	return src, v.Stop, nil
+}
+
+// UnmarshalCaddyfile sets up the source from Caddyfile tokens:
+// `dynamic consul ...` takes the options of the consul block (README.md,
+// "With Consul").
 func (cu *ConsulUpstreams) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume upstream source name
 	return cu.unmarshalBlock(d)
@@ -113,4 +116,5 @@ var (
 	_ caddy.CleanerUpper          = (*ConsulUpstreams)(nil)
 	_ reverseproxy.UpstreamSource = (*ConsulUpstreams)(nil)
 	_ caddyfile.Unmarshaler       = (*ConsulUpstreams)(nil)
+	_ wsSource                    = (*ConsulUpstreams)(nil)
 )

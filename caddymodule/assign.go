@@ -295,16 +295,8 @@ func acceptsJSON(r *http.Request) bool {
 }
 
 // unmarshalAssignOption parses one assign-mode option of the ws_balancer
-// block; the dispenser is on the option's name, which the caller has
-// checked is not given twice:
-//
-//	token_key   <path>|<placeholder>
-//	token_kid   <kid>
-//	token_ttl   <duration>
-//	response    auto|redirect|json
-//	subject     <text with placeholders>
-//	assign_hold <duration>
-//	selection   least_loaded|two_choices
+// block (their syntax is in docs/assign.md); the dispenser is on the
+// option's name, which the caller has checked is not given twice.
 func (h *Handler) unmarshalAssignOption(d *caddyfile.Dispenser) error {
 	opt := d.Val()
 	switch opt {

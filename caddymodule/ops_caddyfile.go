@@ -8,19 +8,8 @@ import (
 )
 
 // unmarshalOpsOption parses the operational options of the ws_balancer
-// block (see OpsConfig). It reports whether opt was one of them. Syntax:
-//
-//	drain_close_rate  <n>[/s|/m]
-//	shutdown_grace    <duration>
-//	idle_timeout      <duration>
-//	origins           <patterns...>
-//	max_conns_per_ip  <n>
-//	upgrade_rate      <n>[/s|/m] [<burst>]
-//	rebalance {
-//		ratio  <float>
-//		after  <duration>
-//		rate   <n>[/s|/m]
-//	}
+// block (see OpsConfig; their syntax is in README.md, "Operations"). It
+// reports whether opt was one of them.
 func (h *Handler) unmarshalOpsOption(d *caddyfile.Dispenser) (bool, error) {
 	c := &h.OpsConfig
 	var err error

@@ -209,12 +209,9 @@ func parseStatusCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 	return s, err
 }
 
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	ws_balancer_status [<matcher>] {
-//		interval <duration>
-//		history  <duration>
-//	}
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+// `ws_balancer_status [<matcher>] { ... }` with the options of README.md,
+// "Operations".
 func (s *StatusHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {

@@ -104,7 +104,7 @@ type Assigner struct {
 	src     UpstreamSource
 	opts    AssignOptions
 	chooser chooser
-	share   shareEstimator
+	share   *shareEstimator
 }
 
 // Assignment is a backend chosen for a client, as /assign answers it.
@@ -160,7 +160,7 @@ func NewAssigner(src UpstreamSource, opts AssignOptions) (*Assigner, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Assigner{src: src, opts: opts, chooser: chooser}, nil
+	return &Assigner{src: src, opts: opts, chooser: chooser, share: newAssignShare()}, nil
 }
 
 // Hold is how long an assignment counts against its backend's load, or

@@ -1,6 +1,7 @@
 package wsbackend
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,11 @@ type Backend struct {
 	drained atomic.Bool
 
 	report atomic.Pointer[loadReport]
+	// liveScale is the float64 bits of the factor Load applies to this
+	// process's connections since the last report (0 means 1): see
+	// shareEstimator.
+	liveScale atomic.Uint64
+
 	// history is this process's live count over its last changes, kept
 	// once reports say when their count was taken (see ObserveReport).
 	history atomic.Pointer[liveHistory]
@@ -81,8 +87,20 @@ func (b *Backend) Load() int64 {
 	if r == nil {
 		return live + held
 	}
-	return max(0, r.connections+live-r.baseline) + held
+	since := live - r.baseline
+	if since > 0 {
+		// Stand in for the other balancers' connections since the
+		// snapshot too; see shareEstimator.
+		if f := math.Float64frombits(b.liveScale.Load()); f > 1 {
+			since = int64(math.Ceil(float64(since) * f))
+		}
+	}
+	return max(0, r.connections+since) + held
 }
+
+// setLiveScale sets the factor by which Load scales this process's
+// connections opened since the last report's snapshot.
+func (b *Backend) setLiveScale(f float64) { b.liveScale.Store(math.Float64bits(f)) }
 
 // Capacity is the capacity the backend reported, or 0 when unknown.
 func (b *Backend) Capacity() int64 {

@@ -81,6 +81,7 @@ type Proxy struct {
 	opts       ProxyOptions
 	tlsConfigs tlsConfigs
 	chooser    chooser
+	share      *shareEstimator
 }
 
 // NewProxy returns a Proxy choosing among src's upstreams. Each relayed
@@ -88,7 +89,7 @@ type Proxy struct {
 // that counts stay right after the Proxy itself is discarded (a config
 // reload).
 func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy {
-	p := &Proxy{src: src, store: store}
+	p := &Proxy{src: src, store: store, share: newLiveShare()}
 	if opts != nil {
 		p.opts = *opts
 	}
@@ -145,6 +146,7 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 		return e
 	}
 	ups := p.src.Upstreams()
+	p.share.observe(ups)
 	result, done, lastErr, chosen := p.chooser.choose(ups, p.opts.Now(), (*Upstream).reserve, func(u *Upstream) (result, next error) {
 		conn, resp, br, err := p.handshake(r.Context(), u, up, fwd)
 		if err != nil {

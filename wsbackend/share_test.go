@@ -31,7 +31,7 @@ func TestShareEstimator(t *testing.T) {
 			for _, u := range ups {
 				u.ObserveReport(Report{Connections: 1000, Capacity: 0, Version: 1}, clk.Now())
 			}
-			var e shareEstimator
+			e := newAssignShare()
 			e.observe(ups) // the reports intervals are measured from
 			clk.Advance(time.Second)
 			for range tt.own {
@@ -51,5 +51,46 @@ func TestShareEstimator(t *testing.T) {
 				t.Errorf("second backend's load %d, want %d", got, want)
 			}
 		})
+	}
+}
+
+// In proxy mode the share comes from the baselines: a backend whose report
+// grew by 40 while this balancer's own connections to it grew by 20 means
+// two balancers' worth of traffic, so the connections opened since a stale
+// report count twice; an interval with none of this balancer's own (clients
+// connecting directly) leaves the estimate alone.
+func TestLiveShareScalesConnectionsSinceTheReport(t *testing.T) {
+	t.Parallel()
+	fresh, stale := NewBackend("fresh:1"), NewBackend("stale:1")
+	ups := []*Upstream{{Backend: fresh, ID: "fresh"}, {Backend: stale, ID: "stale"}}
+	e := newLiveShare()
+	t0 := time.Now()
+	fresh.ObserveReport(Report{Connections: 0, Version: 1, TakenAt: t0}, t0)
+	stale.ObserveReport(Report{Connections: 0, Version: 1, TakenAt: t0}, t0)
+	e.observe(ups)
+
+	// Direct clients of the fresh backend: growth without own traffic.
+	t1 := time.Now()
+	fresh.ObserveReport(Report{Connections: 60, Version: 2, TakenAt: t1}, t1)
+	e.observe(ups)
+	if l := stale.Load(); l != 0 || e.scale > 1 {
+		t.Fatalf("after direct growth: scale %v, stale load %d; want 1, 0", e.scale, l)
+	}
+
+	// A burst through two balancers: this one opens 10 to each backend;
+	// the fresh backend reports its 60 + both balancers' 20.
+	fresh.addLive(10)
+	stale.addLive(10)
+	t2 := time.Now()
+	fresh.ObserveReport(Report{Connections: 80, Version: 3, TakenAt: t2}, t2)
+	e.observe(ups)
+	if e.scale != 2 {
+		t.Fatalf("scale = %v, want 2 (grew 20 for 10 of ours)", e.scale)
+	}
+	if l := stale.Load(); l != 20 {
+		t.Errorf("stale backend's load = %d, want 10 of ours scaled to 20", l)
+	}
+	if l := fresh.Load(); l != 80 {
+		t.Errorf("fresh backend's load = %d, want its report, 80", l)
 	}
 }

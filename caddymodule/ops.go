@@ -146,52 +146,77 @@ func (h *Handler) goWorker(ctx context.Context, f func(context.Context)) {
 }
 
 // cleanupOps stops the workers and, when the process is exiting rather than
-// reloading, closes every relayed connection with 1001 after the grace (the
-// first handler cleaned up decides the grace).
+// reloading, records the handler's shutdown_grace for the exit hook (the
+// first handler cleaned up decides the grace). Cleanup does not wait out
+// the grace itself: Caddy runs the exit hook after unloading the config.
 func (h *Handler) cleanupOps() {
 	if h.ops != nil {
 		h.ops.cancel()
 		h.ops.wg.Wait()
 	}
 	if caddy.Exiting() {
-		closeAllOnExit(time.Duration(h.ShutdownGrace), h.logger)
+		exitGrace.set(time.Duration(h.ShutdownGrace), h.logger)
 	}
 }
 
-var exitOnce sync.Once
+// exitGrace is the shutdown_grace of the first handler cleaned up while
+// Caddy exits, with its logger.
+var exitGrace exitGraceState
 
-func init() {
-	// A fallback for connections outliving every ws_balancer handler (a
-	// reload removed them all): Caddy calls this after unloading the
-	// config, so a handler's Cleanup has already done it, with its grace,
-	// in every other case.
-	caddy.OnExit(func(context.Context) { closeAllOnExit(0, nil) })
+type exitGraceState struct {
+	once   sync.Once
+	grace  time.Duration
+	logger *zap.Logger
 }
 
-// closeAllOnExit closes, once per process, every connection relayed to any
-// backend (whatever config opened it) with 1001 Going Away, after grace.
-// The HTTP servers have stopped accepting by then: Caddy stops its apps
-// before unloading their config.
-func closeAllOnExit(grace time.Duration, logger *zap.Logger) {
-	exitOnce.Do(func() {
-		if grace > 0 {
-			time.Sleep(grace)
+// set records the grace, if none was recorded yet.
+func (e *exitGraceState) set(grace time.Duration, logger *zap.Logger) {
+	e.once.Do(func() { e.grace, e.logger = grace, logger })
+}
+
+// get returns the recorded grace (0 and no logger when no handler was
+// cleaned up while exiting); nothing can be recorded after it.
+func (e *exitGraceState) get() (time.Duration, *zap.Logger) {
+	e.once.Do(func() {})
+	return e.grace, e.logger
+}
+
+func init() {
+	// Caddy calls its exit hooks after stopping its apps and unloading
+	// the config, so every handler's Cleanup has recorded its grace by
+	// then, and connections that outlived every handler (a reload removed
+	// them all) are closed too.
+	caddy.OnExit(closeAllOnExit)
+}
+
+// closeAllOnExit closes every connection relayed to any backend (whatever
+// config opened it) with 1001 Going Away, after the recorded grace or when
+// ctx ends, whichever comes first. The HTTP servers have stopped accepting
+// by then: Caddy stops its apps before unloading their config.
+func closeAllOnExit(ctx context.Context) {
+	grace, logger := exitGrace.get()
+	if grace > 0 {
+		t := time.NewTimer(grace)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
 		}
-		// Collect first: closing a connection releases its backend in
-		// backendStates, which must not happen inside Range.
-		var all []backendEntry
-		backendStates.Range(func(_, value any) bool {
-			all = append(all, value.(backendEntry))
-			return true
-		})
-		closed := 0
-		for _, b := range all {
-			closed += b.CloseConnections(wsbackend.CloseGoingAway, "server shutting down", 0)
-		}
-		if logger != nil {
-			logger.Info("closed WebSocket connections on exit", zap.Int("connections", closed), zap.Duration("grace", grace))
-		}
+	}
+	// Collect first: closing a connection releases its backend in
+	// backendStates, which must not happen inside Range.
+	var all []backendEntry
+	backendStates.Range(func(_, value any) bool {
+		all = append(all, value.(backendEntry))
+		return true
 	})
+	closed := 0
+	for _, b := range all {
+		closed += b.CloseConnections(wsbackend.CloseGoingAway, "server shutting down", 0)
+	}
+	if logger != nil {
+		logger.Info("closed WebSocket connections on exit", zap.Int("connections", closed), zap.Duration("grace", grace))
+	}
 }
 
 // drainLoop closes connections of draining backends at DrainCloseRate with
@@ -283,7 +308,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if h.MaxConnsPerIP <= 0 {
-		return handlerError(w, h.proxy.ServeUpgrade(w, r, forwardedFor(r)))
+		return handlerError(w, h.proxy.ServeUpgrade(w, r, forwardedFor(r), nil))
 	}
 	ip := clientIP(r)
 	if !ipConns.acquire(ip, h.MaxConnsPerIP) {
@@ -292,7 +317,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		return caddyhttp.Error(http.StatusTooManyRequests, fmt.Errorf("client %s is at max_conns_per_ip %d", ip, h.MaxConnsPerIP))
 	}
 	hook := wsbackend.NewRelayHook(func() { ipConns.release(ip) })
-	err := h.proxy.ServeUpgrade(w, r.WithContext(wsbackend.WithRelayHook(r.Context(), hook)), forwardedFor(r))
+	err := h.proxy.ServeUpgrade(w, r, forwardedFor(r), hook)
 	if !hook.Adopted() {
 		ipConns.release(ip)
 	}

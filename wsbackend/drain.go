@@ -1,7 +1,6 @@
 package wsbackend
 
 import (
-	"context"
 	"sync/atomic"
 	"time"
 )
@@ -61,17 +60,4 @@ func (h *RelayHook) end() {
 	if h != nil && h.ended.CompareAndSwap(false, true) && h.onEnd != nil {
 		h.onEnd()
 	}
-}
-
-type relayHookKey struct{}
-
-// WithRelayHook returns a context carrying h, for the request passed to
-// Proxy.ServeUpgrade.
-func WithRelayHook(ctx context.Context, h *RelayHook) context.Context {
-	return context.WithValue(ctx, relayHookKey{}, h)
-}
-
-func relayHookFrom(ctx context.Context) *RelayHook {
-	h, _ := ctx.Value(relayHookKey{}).(*RelayHook)
-	return h
 }

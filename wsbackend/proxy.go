@@ -133,7 +133,11 @@ func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy
 // HTTP/3 stream) goes to the backend as an HTTP/1.1 upgrade; the client
 // gets 200 with the backend's choices, and ServeUpgrade returns only when
 // the relay has ended, the stream living as long as its handler.
-func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd ForwardedFor) error {
+//
+// hook, if not nil, is adopted by the relay that takes the connection and
+// told when it ends (see RelayHook); if no relay takes it, hook.Adopted is
+// false when ServeUpgrade returns.
+func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd ForwardedFor, hook *RelayHook) error {
 	up, accept := r, ""
 	if IsExtendedConnect(r) {
 		var e *Error
@@ -172,9 +176,9 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 			return p.passResponse(w, conn, resp, br), nil
 		}
 		if up != r {
-			return p.startStream(w, r, u, conn, resp, br, accept, relayHookFrom(r.Context())), nil
+			return p.startStream(w, r, u, conn, resp, br, accept, hook), nil
 		}
-		return p.startRelay(w, u, conn, resp, br, relayHookFrom(r.Context())), nil
+		return p.startRelay(w, u, conn, resp, br, hook), nil
 	})
 	switch {
 	case done:

@@ -29,7 +29,7 @@ func newTestProxy(tb testing.TB, n int) (url string, ups []*Upstream) {
 	pool.Set(ups)
 	p := NewProxy(pool, store, nil)
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := p.ServeUpgrade(w, r, ForwardedFor{ClientIP: "127.0.0.1"}); err != nil {
+		if err := p.ServeUpgrade(w, r, ForwardedFor{ClientIP: "127.0.0.1"}, nil); err != nil {
 			if e, ok := err.(*Error); ok {
 				http.Error(w, e.Error(), e.Status)
 			}

@@ -141,12 +141,18 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the handler.
+// Provision sets up the handler. The configuration is checked first, as
+// Validate checks it: nothing with an effect beyond this handler (a Consul
+// watch, health checkers, the process's file limit, the set of handlers the
+// admin API lists) starts for a configuration that Validate would refuse.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.store = usagePoolStore{}
 	if h.Mode == "" {
 		h.Mode = modeProxy
+	}
+	if err := h.Validate(); err != nil {
+		return err
 	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
@@ -190,7 +196,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 const modeProxy = "proxy"
 
-// Validate checks the configuration.
+// Validate checks the configuration. It only reads it, so Provision runs it
+// before anything else too.
 func (h *Handler) Validate() error {
 	switch {
 	case h.Mode == modeAssign:

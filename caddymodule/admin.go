@@ -50,6 +50,10 @@ type backendStatus struct {
 	URL      string `json:"url"`
 	State    string `json:"state"`
 	MaxConns int64  `json:"max_conns,omitempty"`
+	// Bound is the backend's affinity bound, with affinity on: the load
+	// at which a key's new connections spill past it. 0 when it takes
+	// none (down, draining, full).
+	Bound *int64 `json:"bound,omitempty"`
 	wsbackend.Stats
 }
 
@@ -81,14 +85,23 @@ func listBackends(now time.Time) ([]backendStatus, int64) {
 		if h.source == nil {
 			return // not provisioned (yet)
 		}
-		for _, u := range h.source.Upstreams() {
+		ups := h.source.Upstreams()
+		var bounds []int64
+		if h.Affinity != nil {
+			bounds = wsbackend.AffinityBounds(ups, now, h.Affinity.BalanceFactor)
+		}
+		for i, u := range ups {
 			if seen[u.Addr()] {
 				continue
 			}
 			seen[u.Addr()] = true
 			st := u.Stats(now)
 			st.Healthy = u.Healthy(now) // active health checks included
-			list = append(list, backendStatus{ID: u.ID, URL: u.URL.String(), State: u.State(now), MaxConns: u.Limit(), Stats: st})
+			bs := backendStatus{ID: u.ID, URL: u.URL.String(), State: u.State(now), MaxConns: u.Limit(), Stats: st}
+			if bounds != nil {
+				bs.Bound = &bounds[i]
+			}
+			list = append(list, bs)
 		}
 	})
 	var total int64

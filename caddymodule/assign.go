@@ -176,6 +176,7 @@ func (h *Handler) provisionAssign() error {
 		RetryAfter:  time.Duration(h.RetryAfter),
 		OnOutcome:   countAssignment,
 		Logger:      h.logger,
+		Affinity:    h.affinity,
 	}
 	if c.Selection == selectionTwoChoices {
 		opts.Select = wsbackend.TwoChoices
@@ -249,9 +250,12 @@ func (h *Handler) serveAssign(w http.ResponseWriter, r *http.Request) error {
 				errors.New("the token's subject came out empty: is authentication configured before ws_balancer?"))
 		}
 	}
-	asg, err := c.assigner.Assign(subject)
+	asg, err := c.assigner.AssignRequest(r, subject)
 	if err != nil {
 		return handlerError(w, err)
+	}
+	if asg.Cookie != nil {
+		http.SetCookie(w, asg.Cookie)
 	}
 	if ce := c.logger.Check(zapcore.DebugLevel, "assigned"); ce != nil {
 		ce.Write(zap.String("backend", asg.Backend), zap.Time("expires_at", asg.ExpiresAt))

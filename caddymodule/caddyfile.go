@@ -114,7 +114,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // the last one, assign mode's, refuses what no parser knows.
 func (h *Handler) unmarshalOtherOption(d *caddyfile.Dispenser) error {
 	for _, parse := range []func(*caddyfile.Dispenser) (bool, error){
-		h.unmarshalSourceOption, h.unmarshalUpstreamOption, h.unmarshalOpsOption,
+		h.unmarshalSourceOption, h.unmarshalUpstreamOption, h.unmarshalOpsOption, h.unmarshalAffinityOption,
 	} {
 		if ok, err := parse(d); ok {
 			return err

@@ -42,6 +42,16 @@ type Handler struct {
 	// URLs with an optional path prefix joined before the request path.
 	Backends []string `json:"backends,omitempty"`
 
+	// Weights are the static backends' weights, one per backend in the
+	// order of Backends: least connections compares load ÷ weight, and
+	// affinity's bounds and ring are proportional to it. Default: the
+	// capacity each backend reports, else equal.
+	Weights []int64 `json:"weights,omitempty"`
+
+	// Affinity keeps a key's connections on one backend under a load
+	// bound, and sets a sticky cookie (see AffinityConfig).
+	Affinity *AffinityConfig `json:"affinity,omitempty"`
+
 	// DynamicBackendsRaw discovers the backends instead, with a module of
 	// reverse_proxy's namespace: consul (ours: backends with their load
 	// reports and Consul's health), or Caddy's srv, a and multi, whose
@@ -131,6 +141,7 @@ type Handler struct {
 	dynamicGiven bool
 	proxy        *wsbackend.Proxy
 	ops          *opsState
+	affinity     *wsbackend.AffinityOptions // nil without affinity
 }
 
 // CaddyModule returns the Caddy module information.
@@ -165,6 +176,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		RetryAfter:       time.Duration(h.RetryAfter),
 		Logger:           h.logger,
 		OnOutcome:        countUpgrade,
+	}
+	var err error
+	if opts.Affinity, err = h.provisionAffinity(ctx); err != nil {
+		return err
 	}
 	if err := h.provisionUpstream(ctx, opts); err != nil {
 		return err
@@ -222,6 +237,9 @@ func (h *Handler) Validate() error {
 		return errors.New("give one of static backends, a dynamic source or a consul block, not several")
 	}
 	if err := h.validateUpstream(); err != nil {
+		return err
+	}
+	if err := h.validateAffinity(); err != nil {
 		return err
 	}
 	if err := h.OpsConfig.validate(); err != nil {

@@ -61,12 +61,20 @@ func (h *Handler) provisionSource(ctx caddy.Context, tlsConfig *tls.Config) erro
 	h.source = &set.pool
 	if h.DynamicBackendsRaw == nil {
 		urls := make([]*url.URL, 0, len(h.Backends))
-		for _, s := range h.Backends {
+		for i, s := range h.Backends {
 			u, err := wsbackend.ParseBackendURL(s)
 			if err != nil {
 				return err // Caddy calls Cleanup after a failed Provision
 			}
 			urls = append(urls, u)
+			if i < len(h.Weights) {
+				if set.weights == nil {
+					set.weights = make(map[string]int64)
+				}
+				if _, dup := set.weights[u.String()]; !dup {
+					set.weights[u.String()] = h.Weights[i]
+				}
+			}
 		}
 		set.update(urls)
 		return nil
@@ -111,6 +119,7 @@ type backendSet struct {
 	store    wsbackend.BackendStore
 	maxConns int64
 	checks   *healthChecks // nil: no active health checks
+	weights  map[string]int64 // static weights by URL; nil: none
 
 	pool wsbackend.Pool
 
@@ -146,6 +155,7 @@ func (s *backendSet) update(urls []*url.URL) {
 				ID:       u.Host,
 				URL:      u,
 				MaxConns: s.maxConns,
+				Weight:   s.weights[key],
 			}}
 			if s.checks != nil {
 				hu.checker = s.checks.acquire(u)

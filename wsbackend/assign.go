@@ -88,6 +88,11 @@ type AssignOptions struct {
 	// Now is the clock for health marks; default time.Now. Token times come
 	// from the Signer's clock.
 	Now func() time.Time
+
+	// Affinity, if set, places assignments by a key per request on a
+	// bounded-load hash ring, and sets the sticky cookie on the answer
+	// (see AffinityOptions and AssignRequest). Nil: Select.
+	Affinity *AffinityOptions
 }
 
 // Assigner is the core of assign mode: it picks the least-loaded backend
@@ -103,8 +108,9 @@ type AssignOptions struct {
 type Assigner struct {
 	src     UpstreamSource
 	opts    AssignOptions
-	chooser chooser
-	share   *shareEstimator
+	chooser  chooser
+	share    *shareEstimator
+	affinity *affinityPicker // nil without affinity
 }
 
 // Assignment is a backend chosen for a client, as /assign answers it.
@@ -120,6 +126,9 @@ type Assignment struct {
 	ExpiresAt time.Time `json:"expires_at"`
 	// Backend is the backend's ID, the token's audience.
 	Backend string `json:"backend"`
+	// Cookie, if not nil, is the sticky cookie to set on the answer
+	// (AffinityOptions.CookieName).
+	Cookie *http.Cookie `json:"-"`
 }
 
 // NewAssigner returns an Assigner choosing among src's upstreams.
@@ -160,7 +169,8 @@ func NewAssigner(src UpstreamSource, opts AssignOptions) (*Assigner, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Assigner{src: src, opts: opts, chooser: chooser, share: newAssignShare()}, nil
+	return &Assigner{src: src, opts: opts, chooser: chooser, share: newAssignShare(),
+		affinity: newAffinityPicker(opts.Affinity, opts.Select, opts.Logger)}, nil
 }
 
 // Hold is how long an assignment counts against its backend's load, or
@@ -176,6 +186,13 @@ func (a *Assigner) TTL() time.Duration { return a.opts.TTL }
 // every backend is full, down or draining it returns an *Error with status
 // 503 and a Retry-After header; when no token can be made, one with 500.
 func (a *Assigner) Assign(subject string) (*Assignment, error) {
+	return a.AssignRequest(nil, subject)
+}
+
+// AssignRequest is Assign for request r, whose key and sticky cookie
+// affinity reads (AssignOptions.Affinity); r may be nil. The Assignment's
+// Cookie is then the cookie to set on the answer.
+func (a *Assigner) AssignRequest(r *http.Request, subject string) (*Assignment, error) {
 	ups := a.src.Upstreams()
 	now := a.opts.Now()
 	if a.opts.Hold != NoAssignHold {
@@ -187,12 +204,21 @@ func (a *Assigner) Assign(subject string) (*Assignment, error) {
 		release, ok = a.reserve(u)
 		return ok
 	}
-	_, done, lastErr, _ := a.chooser.choose(ups, now, reserve, func(u *Upstream) (_, next error) {
+	var pick pickFunc
+	var sel *affinitySel
+	if a.affinity != nil {
+		sel = a.affinity.begin(r)
+		pick = sel.pick
+	}
+	_, done, lastErr, _ := a.chooser.choose(ups, now, pick, reserve, func(u *Upstream) (_, next error) {
 		var err error
 		if asg, err = a.issue(u, subject); err != nil {
 			release()
 			a.opts.Logger.Warn("cannot assign to backend", zap.String("backend", u.ID), zap.Error(err))
 			return nil, err
+		}
+		if sel != nil {
+			asg.Cookie = sel.chosen(u)
 		}
 		return nil, nil
 	})

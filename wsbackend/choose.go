@@ -21,12 +21,17 @@ const (
 // reservation and a try are differs between the modes; the loop, its bound
 // and its 503 do not.
 type chooser struct {
-	pick        func(ups []*Upstream, now time.Time, skip func(*Upstream) bool) *Upstream
+	pick        pickFunc
 	maxAttempts int
 	retryAfter  string // the 503's Retry-After, rendered once
 }
 
-func newChooser(pick func([]*Upstream, time.Time, func(*Upstream) bool) *Upstream, maxAttempts *int, retryAfter *time.Duration) chooser {
+// pickFunc chooses an upstream among the available ones of ups at now,
+// skipping those skip reports, or returns nil: LeastLoaded, TwoChoices, or
+// an affinity selection.
+type pickFunc = func(ups []*Upstream, now time.Time, skip func(*Upstream) bool) *Upstream
+
+func newChooser(pick pickFunc, maxAttempts *int, retryAfter *time.Duration) chooser {
 	if *maxAttempts <= 0 {
 		*maxAttempts = DefaultMaxAttempts
 	}
@@ -43,13 +48,19 @@ func newChooser(pick func([]*Upstream, time.Time, func(*Upstream) bool) *Upstrea
 // failed and the loop should go on (it has released the reservation), else
 // the call's result.
 //
+// pick, if not nil, chooses for this call instead of the chooser's
+// policy: affinity picks per request, by the request's key and cookie.
+//
 // choose returns done with try's result, or, when no try ended the call,
 // the last failure (nil if no upstream was available to try at all) and
 // how many upstreams it chose.
-func (c chooser) choose(ups []*Upstream, now time.Time, reserve func(*Upstream) bool, try func(*Upstream) (result, next error)) (result error, done bool, lastErr error, chosen int) {
+func (c chooser) choose(ups []*Upstream, now time.Time, pick pickFunc, reserve func(*Upstream) bool, try func(*Upstream) (result, next error)) (result error, done bool, lastErr error, chosen int) {
+	if pick == nil {
+		pick = c.pick
+	}
 	var tried triedSet
 	for len(tried.list) < c.maxAttempts {
-		u := c.pick(ups, now, tried.has)
+		u := pick(ups, now, tried.has)
 		if u == nil {
 			break
 		}

@@ -71,6 +71,10 @@ type ProxyOptions struct {
 	OnOutcome func(backend, outcome string)
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Affinity, if set, places connections by a key per request on a
+	// bounded-load hash ring, and sets the sticky cookie (see
+	// AffinityOptions). Nil: least connections.
+	Affinity *AffinityOptions
 }
 
 // Proxy balances WebSocket upgrades over the upstreams of a source and relays
@@ -82,6 +86,7 @@ type Proxy struct {
 	tlsConfigs tlsConfigs
 	chooser    chooser
 	share      *shareEstimator
+	affinity   *affinityPicker // nil without affinity
 }
 
 // NewProxy returns a Proxy choosing among src's upstreams. Each relayed
@@ -119,6 +124,7 @@ func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	p.affinity = newAffinityPicker(o.Affinity, LeastLoaded, o.Logger)
 	return p
 }
 
@@ -151,7 +157,13 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 	}
 	ups := p.src.Upstreams()
 	p.share.observe(ups)
-	result, done, lastErr, chosen := p.chooser.choose(ups, p.opts.Now(), (*Upstream).reserve, func(u *Upstream) (result, next error) {
+	var pick pickFunc
+	var sel *affinitySel
+	if p.affinity != nil {
+		sel = p.affinity.begin(r)
+		pick = sel.pick
+	}
+	result, done, lastErr, chosen := p.chooser.choose(ups, p.opts.Now(), pick, (*Upstream).reserve, func(u *Upstream) (result, next error) {
 		conn, resp, br, err := p.handshake(r.Context(), u, up, fwd)
 		if err != nil {
 			u.unreserve()
@@ -169,6 +181,11 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 		u.MarkUp()
 		if p.opts.DownstreamHeaders != nil {
 			editResponse(r, u, resp, p.opts.DownstreamHeaders)
+		}
+		if sel != nil && resp.StatusCode == http.StatusSwitchingProtocols {
+			if c := sel.chosen(u); c != nil {
+				resp.Header.Add("Set-Cookie", c.String())
+			}
 		}
 		if resp.StatusCode != http.StatusSwitchingProtocols {
 			u.unreserve()

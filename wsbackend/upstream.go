@@ -27,6 +27,11 @@ type Upstream struct {
 	// MaxConns caps the backend's load; 0 means no cap beyond any capacity
 	// the backend reports itself.
 	MaxConns int64
+	// Weight is the backend's static weight: least connections compares
+	// load ÷ weight, and affinity's bound and ring are proportional to it.
+	// 0 means none given: the capacity the backend reports stands in, and
+	// without that the weight is unknown (the mean of the known ones).
+	Weight int64
 	// Draining upstreams keep their connections but get no new ones.
 	Draining bool
 	// Active, if set, is the verdict of the active health checks run on
@@ -70,7 +75,28 @@ func (u *Upstream) Full() bool {
 
 // Available reports whether the upstream may take a new connection at now.
 func (u *Upstream) Available(now time.Time) bool {
-	return !u.IsDraining() && u.Healthy(now) && !u.Full()
+	_, ok := u.availableLoad(now)
+	return ok
+}
+
+// availableLoad is Available, with the load it read to decide, so that a
+// selection reads each backend's load once.
+func (u *Upstream) availableLoad(now time.Time) (load int64, ok bool) {
+	if u.IsDraining() || !u.Healthy(now) {
+		return 0, false
+	}
+	load = u.Load()
+	limit := u.Limit()
+	return load, limit <= 0 || load < limit
+}
+
+// weight is the weight selection uses: the static Weight, else the
+// reported capacity, else 0 (unknown).
+func (u *Upstream) weight() int64 {
+	if u.Weight > 0 {
+		return u.Weight
+	}
+	return max(u.Capacity(), 0)
 }
 
 // State is a one-word summary for the admin API and logs.

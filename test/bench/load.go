@@ -28,7 +28,7 @@ type loadClient struct {
 	next    atomic.Uint64
 }
 
-func newLoadClient(srcIPs int, handshakeTimeout time.Duration) *loadClient {
+func newLoadClient(srcIPs int, handshakeTimeout time.Duration, tlsConfig *tls.Config) *loadClient {
 	if srcIPs < 1 {
 		srcIPs = 1
 	}
@@ -38,9 +38,8 @@ func newLoadClient(srcIPs int, handshakeTimeout time.Duration) *loadClient {
 		nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: handshakeTimeout}
 		lc.dialers = append(lc.dialers, &websocket.Dialer{
 			NetDialContext: nd.DialContext,
-			// -tls: the proxies' certificates are self-signed or from
-			// Caddy's internal CA; full handshakes, no session reuse.
-			TLSClientConfig:  &tls.Config{InsecureSkipVerify: true},
+			// -tls: see clientTLSConfig.
+			TLSClientConfig:  tlsConfig,
 			HandshakeTimeout: handshakeTimeout,
 			ReadBufferSize:   1024,
 			WriteBufferSize:  1024,

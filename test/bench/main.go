@@ -57,6 +57,9 @@ type config struct {
 	waitIdle     time.Duration
 	idleCores    float64
 	tls          bool
+	tlsGroups    string
+	profile      string
+	baseCaddy    string
 }
 
 func main() {
@@ -75,6 +78,7 @@ func main() {
 	flag.IntVar(&cfg.warmup, "warmup", 100, "connections opened, echoed and closed before the RSS/CPU baseline")
 	flag.DurationVar(&cfg.settle, "settle", time.Second, "pause after the warm-up before the baseline is read")
 	flag.StringVar(&cfg.caddy, "caddy", "", "custom Caddy binary (default: go build ./cmd/caddy into a temp dir)")
+	flag.StringVar(&cfg.baseCaddy, "base-caddy", "", "another Caddy binary with the ws_balancer module, measured as the target "+tWSBalancerBase+" (added to -targets): a before/after comparison in one interleaved run")
 	flag.StringVar(&cfg.haproxy, "haproxy", "", "haproxy binary (default: from PATH or /usr/sbin)")
 	flag.StringVar(&cfg.nginx, "nginx", "", "nginx binary (default: from PATH or /usr/sbin)")
 	flag.StringVar(&cfg.out, "out", "", "also write the report to this file")
@@ -85,7 +89,9 @@ func main() {
 	flag.IntVar(&cfg.redo, "redo-disturbed", 2, "measure a target's repetition again, up to this many times, when other processes used more than -max-others cores during it")
 	flag.Float64Var(&cfg.maxOthers, "max-others", 0.25, "CPU cores other processes may use during a measurement before it counts as disturbed")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the temp dir (configs, proxy logs)")
-	flag.BoolVar(&cfg.tls, "tls", false, "clients connect to the proxies over TLS (wss://): Caddy with its internal CA, HAProxy and nginx with a self-signed certificate; backends stay plain, direct stays ws://")
+	flag.BoolVar(&cfg.tls, "tls", false, "clients connect to the proxies over TLS (wss://), every proxy serving the same self-signed certificate with TLS 1.2-1.3 and "+tlsCipherSuite+"; backends stay plain, direct stays ws://")
+	flag.StringVar(&cfg.tlsGroups, "tls-groups", "X25519", "key exchange groups the TLS client offers, comma-separated (X25519, P256, X25519MLKEM768; 'default': Go's defaults, which only Caddy meets with X25519MLKEM768)")
+	flag.StringVar(&cfg.profile, "profile", "", "write profiles of every proxy repetition into this directory: perf record of the connect and echo phases, Go heap/alloc/goroutine profiles of Caddy (perturbs the figures)")
 	flag.Parse()
 
 	switch cfg.role {
@@ -132,10 +138,13 @@ type repResult struct {
 	CPUConnect                     float64 // part of CPU used by the connect phase
 	Procs                          int
 	BackendCPU, ClientCPU          float64
+	BackendCPUEcho, ClientCPUEcho  float64 // part used by the echo and ping rounds
 	OtherCPU, Window               float64 // CPU s used by other processes of the machine during the measured window (s)
 	TopOthers                      []string
 	Balance                        []int64
-	Undrained                      int64 // backend connections left 30 s after the client closed
+	Undrained                      int64  // backend connections left 30 s after the client closed
+	Goroutines                     int    // Caddy's goroutines with all connections held (0: not Caddy)
+	TLS                            string // what the connections negotiated (-tls)
 	Errors                         []string
 }
 
@@ -225,15 +234,14 @@ func runBench(cfg config) int {
 		if t == "" {
 			continue
 		}
-		known := false
-		for _, a := range allTargets {
-			known = known || a == t
-		}
-		if !known {
-			logf("unknown target %q (known: %s)", t, strings.Join(allTargets, ", "))
+		if !contains(knownTargets, t) {
+			logf("unknown target %q (known: %s)", t, strings.Join(knownTargets, ", "))
 			return 2
 		}
 		targets = append(targets, t)
+	}
+	if cfg.baseCaddy != "" && !contains(targets, tWSBalancerBase) {
+		targets = append(targets, tWSBalancerBase)
 	}
 
 	workdir, err := os.MkdirTemp("", "wsbench-")
@@ -299,10 +307,18 @@ func runBench(cfg config) int {
 			skipped[tNginx] = "nginx is not installed (not in PATH nor /usr/sbin; apt-get install -y nginx)"
 		}
 	}
+	if contains(targets, tWSBalancerBase) {
+		tl.baseCaddy = cfg.baseCaddy
+		if tl.baseCaddy == "" {
+			skipped[tWSBalancerBase] = "no -base-caddy binary"
+		} else if ok, err := caddyHasModule(ctx, tl.baseCaddy, "ws_balancer"); err != nil || !ok {
+			skipped[tWSBalancerBase] = fmt.Sprintf("%s has no ws_balancer module (%v)", tl.baseCaddy, err)
+		}
+	}
 	for _, b := range []struct {
 		path    *string
 		targets []string
-	}{{&tl.caddy, []string{tWSBalancer, tReverseProxy}}, {&tl.haproxy, []string{tHAProxy}}, {&tl.nginx, []string{tNginx}}} {
+	}{{&tl.caddy, []string{tWSBalancer, tReverseProxy}}, {&tl.baseCaddy, []string{tWSBalancerBase}}, {&tl.haproxy, []string{tHAProxy}}, {&tl.nginx, []string{tNginx}}} {
 		if *b.path == "" {
 			continue
 		}
@@ -342,7 +358,18 @@ func runBench(cfg config) int {
 	defer be.stop()
 	logf("echo backend pid %d on %s", be.pid(), strings.Join(be.addrs, " "))
 
-	lc := newLoadClient(cfg.srcIPs, 10*time.Second)
+	tlsCfg, err := clientTLSConfig(cfg.tlsGroups)
+	if err != nil {
+		logf("%v", err)
+		return 2
+	}
+	if cfg.profile != "" {
+		if err := os.MkdirAll(cfg.profile, 0o755); err != nil {
+			logf("%v", err)
+			return 1
+		}
+	}
+	lc := newLoadClient(cfg.srcIPs, 10*time.Second, tlsCfg)
 	bc := &backendClient{hc: &http.Client{Timeout: 5 * time.Second}, url: "http://" + be.addrs[0] + "/stats"}
 
 	var results, discarded []*repResult
@@ -471,6 +498,12 @@ func runOne(ctx context.Context, cfg config, target string, rep int, tl tools, w
 		}
 		r.RSSBase = base.RSS
 	}
+	prof := newProfiler(cfg.profile, target, rep+1, p)
+	prof.pprof("allocs", "allocs-base.pb.gz")
+	stopPerf := func() {}
+	if p != nil {
+		stopPerf = prof.perfRecord("connect", p.pid())
+	}
 	beBase, _ := readGroupStats(be.pid())
 	clientBase := selfCPU()
 	sysBase, winStart, snapBase := systemBusyCPU(), time.Now(), snapshotProcs()
@@ -479,6 +512,8 @@ func runOne(ctx context.Context, cfg config, target string, rep int, tl tools, w
 	cctx, cancel := context.WithTimeout(ctx, cfg.phaseTimeout)
 	cr := connectAll(cctx, lc, urls, cfg.conns, cfg.dialConc)
 	cancel()
+	stopPerf()
+	r.TLS = negotiated(cr.conns)
 	defer closeAll(cr.conns)
 	stopUnblock := unblockOnCancel(ctx, cr.conns)
 	defer stopUnblock()
@@ -493,10 +528,14 @@ func runOne(ctx context.Context, cfg config, target string, rep int, tl tools, w
 	if s, err := bc.stats(ctx); err == nil {
 		r.Balance = s.Active
 	}
+	beMid, _ := readGroupStats(be.pid())
+	clientMid := selfCPU()
 	if p != nil {
 		if gs, err := readGroupStats(p.pid()); err == nil {
 			r.RSSConnected, r.CPUConnect = gs.RSS, gs.CPU-base.CPU
 		}
+		prof.pprof("allocs", "allocs-connected.pb.gz")
+		stopPerf = prof.perfRecord("echo", p.pid())
 	}
 
 	// Echo rounds, then the ping round, all connections held.
@@ -513,6 +552,7 @@ func runOne(ctx context.Context, cfg config, target string, rep int, tl tools, w
 		r.Errors = append(r.Errors, "ping: "+s)
 	}
 
+	stopPerf()
 	if ctx.Err() != nil {
 		return fail("interrupted during the echo/ping rounds: %v", context.Cause(ctx))
 	}
@@ -522,11 +562,17 @@ func runOne(ctx context.Context, cfg config, target string, rep int, tl tools, w
 			return fail("after the run: %v; log tail:\n%s", err, p.logTail(15))
 		}
 		r.RSSHeld, r.CPU, r.Procs = gs.RSS, gs.CPU-base.CPU, gs.NProcs
+		r.Goroutines = caddyGoroutines(p.adminPort)
+		prof.pprof("allocs", "allocs-held.pb.gz")
+		prof.pprof("heap", "heap.pb.gz")
+		prof.pprof("heap?debug=1", "heap.txt") // ends with runtime.MemStats
+		prof.pprof("goroutine?debug=1", "goroutine.txt")
 	}
 	if gs, err := readGroupStats(be.pid()); err == nil {
-		r.BackendCPU = gs.CPU - beBase.CPU
+		r.BackendCPU, r.BackendCPUEcho = gs.CPU-beBase.CPU, gs.CPU-beMid.CPU
 	}
-	r.ClientCPU = selfCPU() - clientBase
+	clientEnd := selfCPU()
+	r.ClientCPU, r.ClientCPUEcho = clientEnd-clientBase, clientEnd-clientMid
 	r.Window = time.Since(winStart).Seconds()
 	r.OtherCPU = max(0, systemBusyCPU()-sysBase-r.CPU-r.BackendCPU-r.ClientCPU)
 	if r.others() > 0.1 {
@@ -600,8 +646,14 @@ func rawLine(r *repResult) string {
 		fmt.Fprintf(&b, " rss base=%.1fMB connected=%.1fMB held=%.1fMB (%.2f KB/conn) cpu=%.2fs (connect %.2fs, echo+ping %.2fs) procs=%d",
 			mb(r.RSSBase), mb(r.RSSConnected), mb(r.RSSHeld), r.rssPerConn()/1024, r.CPU, r.CPUConnect, r.CPU-r.CPUConnect, r.Procs)
 	}
-	fmt.Fprintf(&b, " backend_cpu=%.2fs client_cpu=%.2fs other_cpu=%.2fs/%.1fs balance=%v",
-		r.BackendCPU, r.ClientCPU, r.OtherCPU, r.Window, r.Balance)
+	fmt.Fprintf(&b, " backend_cpu=%.2fs client_cpu=%.2fs (echo+ping %.2fs, %.2fs) other_cpu=%.2fs/%.1fs balance=%v",
+		r.BackendCPU, r.ClientCPU, r.BackendCPUEcho, r.ClientCPUEcho, r.OtherCPU, r.Window, r.Balance)
+	if r.Goroutines > 0 {
+		fmt.Fprintf(&b, " goroutines=%d", r.Goroutines)
+	}
+	if r.TLS != "" {
+		fmt.Fprintf(&b, " tls=[%s]", r.TLS)
+	}
 	if len(r.TopOthers) > 0 {
 		fmt.Fprintf(&b, " top_others=[%s]", strings.Join(r.TopOthers, ", "))
 	}
@@ -725,7 +777,7 @@ func report(cfg config, run []string, skipped map[string]string, results, discar
 	fmt.Fprintf(&b, "Command: `%s`\n\n", commandLine())
 	over := "plain TCP"
 	if cfg.tls {
-		over = "TLS from the clients to the proxies (TLS 1.3, full handshakes)"
+		over = fmt.Sprintf("TLS from the clients to the proxies (full handshakes; the client offers the groups %s; every proxy serves the same self-signed ECDSA P-256 certificate, HAProxy and nginx held to %s; negotiated: see below)", cfg.tlsGroups, tlsCipherSuite)
 	}
 	fmt.Fprintf(&b, "%d connections held per target over %s, %d echo rounds of %d B + 1 ping round, %d repetitions (medians below), dial concurrency %d, %d backend port(s), %d client source addresses; took %s.\n\n",
 		cfg.conns, over, cfg.rounds, cfg.msgSize, cfg.reps, cfg.dialConc, cfg.backends, cfg.srcIPs, elapsed.Round(time.Second))
@@ -750,7 +802,7 @@ func report(cfg config, run []string, skipped map[string]string, results, discar
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.2f ms | %.2f ms | %.2f ms | %.2f ms | %s | %s | %s | %.2f |\n",
 			t, s.connPS, s.msgPS, s.p50, s.p99, s.ping50, s.ping99, rss, cpu, s.failures(), s.others)
 	}
-	for _, t := range allTargets {
+	for _, t := range knownTargets {
 		if why, ok := skipped[t]; ok {
 			fmt.Fprintf(&b, "| %s | skipped: %s | | | | | | | | | |\n", t, why)
 		}
@@ -763,6 +815,25 @@ func report(cfg config, run []string, skipped map[string]string, results, discar
 		fmt.Fprintf(&b, "\n**Warning:** other processes of the machine used %.1f CPU s during %.1f s of measurement (%.0f%% of one core): the figures are disturbed; see other_cpu in the raw lines.\n", other, window, 100*other/window)
 	}
 	fmt.Fprintf(&b, "\nRSS/conn = (proxy RSS with all connections held after the echo and ping rounds − RSS after the warm-up) / connections; RSS and CPU are summed over the proxy's process group (nginx: master + workers). CPU s = proxy user+system CPU from the baseline to the end of the ping round. Others' cores = CPU used by the machine's other processes (not the proxy, backend or client) during the measurement, in cores (median over repetitions): above ~0.1 the figures are disturbed. Latencies are per message, from write to echo, with all connections sending at once. `direct` = client to the echo backend, no proxy.\n\n")
+
+	if cfg.tls {
+		fmt.Fprintf(&b, "| target | negotiated (version, key exchange group, cipher suite: connections) |\n|---|---|\n")
+		for _, t := range run {
+			seen := map[string]bool{}
+			var all []string
+			for _, r := range results {
+				if r.Target == t && r.TLS != "" && !seen[r.TLS] {
+					seen[r.TLS] = true
+					all = append(all, r.TLS)
+				}
+			}
+			if len(all) == 0 {
+				all = []string{"plain (ws://)"}
+			}
+			fmt.Fprintf(&b, "| %s | %s |\n", t, strings.Join(all, " / "))
+		}
+		fmt.Fprintf(&b, "\n")
+	}
 
 	// Memory detail.
 	fmt.Fprintf(&b, "| target | proxy RSS after warm-up MB | RSS with conns held MB |\n|---|---:|---:|\n")
@@ -818,6 +889,9 @@ func report(cfg config, run []string, skipped map[string]string, results, discar
 	fmt.Fprintf(&b, "- RLIMIT_NOFILE: soft %d, hard %d (client, backend and proxies)\n", soft, hard)
 	if tl.caddy != "" {
 		fmt.Fprintf(&b, "- caddy: %s (%s)\n", versionOf(tl.caddy, "version"), tl.caddy)
+	}
+	if tl.baseCaddy != "" {
+		fmt.Fprintf(&b, "- caddy of %s: %s (%s)\n", tWSBalancerBase, versionOf(tl.baseCaddy, "version"), tl.baseCaddy)
 	}
 	if tl.haproxy != "" {
 		fmt.Fprintf(&b, "- haproxy: %s\n", versionOf(tl.haproxy, "-v"))

@@ -22,14 +22,25 @@ import (
 )
 
 const (
-	tDirect       = "direct"
-	tWSBalancer   = "ws_balancer"
-	tReverseProxy = "reverse_proxy"
-	tHAProxy      = "haproxy"
-	tNginx        = "nginx"
+	tDirect     = "direct"
+	tWSBalancer = "ws_balancer"
+	// tWSBalancerBase is ws_balancer in another Caddy binary (-base-caddy):
+	// before and after a change in one interleaved run.
+	tWSBalancerBase = "ws_balancer_base"
+	tReverseProxy   = "reverse_proxy"
+	tHAProxy        = "haproxy"
+	tNginx          = "nginx"
 )
 
 var allTargets = []string{tDirect, tWSBalancer, tReverseProxy, tHAProxy, tNginx}
+
+// knownTargets are the targets -targets accepts.
+var knownTargets = append(allTargets[:len(allTargets):len(allTargets)], tWSBalancerBase)
+
+// isCaddy: the target is a Caddy process (with an admin endpoint).
+func isCaddy(target string) bool {
+	return target == tWSBalancer || target == tWSBalancerBase || target == tReverseProxy
+}
 
 // ---------------------------------------------------------------- children
 
@@ -227,22 +238,24 @@ func childEnv(extra []string) []string {
 // tools holds the paths of the proxy binaries found or built.
 type tools struct {
 	caddy, haproxy, nginx string
+	baseCaddy             string // -base-caddy
 	// tls, when set, serves the proxies over TLS (-tls).
 	tls *tlsFiles
 }
 
 // proxyProc is a proxy started under a guard process (see runGuard).
 type proxyProc struct {
-	name     string
-	tls      bool
-	guard    *exec.Cmd
-	guardIn  io.WriteCloser
-	pgid     int    // the proxy's pid, leader of its own process group
-	addr     string // host:port the proxy listens on
-	logPath  string
-	exited   chan struct{} // the guard exited, which it does when the proxy exits
-	waitErr  error
-	stopOnce sync.Once
+	name      string
+	tls       bool
+	guard     *exec.Cmd
+	guardIn   io.WriteCloser
+	pgid      int    // the proxy's pid, leader of its own process group
+	adminPort int    // Caddy's admin endpoint (0 for the others)
+	addr      string // host:port the proxy listens on
+	logPath   string
+	exited    chan struct{} // the guard exited, which it does when the proxy exits
+	waitErr   error
+	stopOnce  sync.Once
 }
 
 // pid returns the proxy's pid (= its process group id).
@@ -377,14 +390,18 @@ func (d tmplData) CombinedFile() string { return d.TLS.combined }
 
 func (d tmplData) BackendList() string { return strings.Join(d.Backends, " ") }
 
-// caddyTLS: with -tls, sites serve HTTPS with a certificate from Caddy's
-// internal CA; otherwise plain HTTP.
+// TLSCipher is the TLS 1.3 cipher suite HAProxy and nginx are held to
+// (Go chooses the same by itself).
+func (d tmplData) TLSCipher() string { return tlsCipherSuite }
+
+// caddyGlobalHTTPS and caddySiteAddr: with -tls, sites serve HTTPS with the
+// tool's certificate, as HAProxy and nginx do; otherwise plain HTTP.
 const caddyGlobalHTTPS = `{{if .TLS}}	auto_https disable_redirects
 	skip_install_trust{{else}}	auto_https off{{end}}`
 
 const caddySiteAddr = `{{if .TLS}}https://127.0.0.1:{{.Port}}{{else}}:{{.Port}}{{end}} {
 	bind 127.0.0.1{{if .TLS}}
-	tls internal{{end}}`
+	tls {{.CertFile}} {{.KeyFile}}{{end}}`
 
 var caddyWSBalancerTmpl = template.Must(template.New("ws_balancer").Parse(`{
 	admin 127.0.0.1:{{.AdminPort}}
@@ -412,7 +429,9 @@ var caddyReverseProxyTmpl = template.Must(template.New("reverse_proxy").Parse(`{
 
 var haproxyTmpl = template.Must(template.New("haproxy").Parse(`global
 	maxconn {{.MaxConn}}
-	nbthread {{.Threads}}
+	nbthread {{.Threads}}{{if .TLS}}
+	ssl-default-bind-options ssl-min-ver TLSv1.2
+	ssl-default-bind-ciphersuites {{.TLSCipher}}{{end}}
 
 defaults
 	mode http
@@ -467,7 +486,9 @@ http {
 	server {
 		listen 127.0.0.1:{{.Port}}{{if .TLS}} ssl{{end}} backlog=4096;{{if .TLS}}
 		ssl_certificate {{.CertFile}};
-		ssl_certificate_key {{.KeyFile}};{{end}}
+		ssl_certificate_key {{.KeyFile}};
+		ssl_protocols TLSv1.2 TLSv1.3; # 1.22 offers up to TLS 1.2 without this
+		ssl_conf_command Ciphersuites {{.TLSCipher}};{{end}}
 		location / {
 			proxy_pass http://be;
 			proxy_http_version 1.1;
@@ -511,13 +532,17 @@ func startProxy(name string, tl tools, workdir string, backends []string, nofile
 		cmd  *exec.Cmd
 	)
 	switch name {
-	case tWSBalancer, tReverseProxy:
+	case tWSBalancer, tWSBalancerBase, tReverseProxy:
+		bin := tl.caddy
 		tmpl = caddyReverseProxyTmpl
-		if name == tWSBalancer {
+		if name != tReverseProxy {
 			tmpl = caddyWSBalancerTmpl
 		}
+		if name == tWSBalancerBase {
+			bin = tl.baseCaddy
+		}
 		conf = filepath.Join(dir, "Caddyfile")
-		cmd = exec.Command(tl.caddy, "run", "--config", conf, "--adapter", "caddyfile")
+		cmd = exec.Command(bin, "run", "--config", conf, "--adapter", "caddyfile")
 		cmd.Env = childEnv([]string{
 			"HOME=" + dir,
 			"XDG_DATA_HOME=" + filepath.Join(dir, "data"),
@@ -573,6 +598,9 @@ func startProxy(name string, tl tools, workdir string, backends []string, nofile
 		return nil, err
 	}
 	p := &proxyProc{name: name, tls: tl.tls != nil, guard: g, guardIn: stdin, addr: "127.0.0.1:" + strconv.Itoa(port), logPath: logPath, exited: make(chan struct{})}
+	if isCaddy(name) {
+		p.adminPort = admin
+	}
 	pidc := make(chan int, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)

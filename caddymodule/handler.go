@@ -309,9 +309,8 @@ func handlerError(w http.ResponseWriter, err error) error {
 // forwardedFor takes the client's IP as Caddy determined it, honouring the
 // server's trusted_proxies.
 func forwardedFor(r *http.Request) wsbackend.ForwardedFor {
-	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
-	return wsbackend.ForwardedFor{ClientIP: ip, Trusted: trusted}
+	return wsbackend.ForwardedFor{ClientIP: clientIP(r), Trusted: trusted}
 }
 
 // handlerSet tracks the provisioned handlers, for the admin API.

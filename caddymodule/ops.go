@@ -294,7 +294,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) error {
 	if h.ops.limits != nil {
 		if wait := h.ops.limits.take(clientIP(r), time.Now()); wait > 0 {
 			rejections.WithLabelValues("upgrade_rate").Inc()
-			w.Header().Set("Retry-After", retryAfterSeconds(wait))
+			w.Header().Set("Retry-After", wsbackend.RetryAfterSeconds(wait))
 			return caddyhttp.Error(http.StatusTooManyRequests, fmt.Errorf("upgrade rate exceeded for client %s", clientIP(r)))
 		}
 	}
@@ -324,6 +324,8 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 	return handlerError(w, err)
 }
 
+// clientIP is the client's IP as Caddy determined it (honouring the
+// server's trusted_proxies), else the connection's remote address.
 func clientIP(r *http.Request) string {
 	if ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ip != "" {
 		return ip
@@ -358,6 +360,4 @@ func originAllowed(patterns []string, origin string) bool {
 	return false
 }
 
-func retryAfterSeconds(d time.Duration) string {
-	return fmt.Sprint(max(1, int64((d+time.Second-1)/time.Second)))
-}
+

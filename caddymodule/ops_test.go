@@ -150,10 +150,10 @@ func TestIPRates(t *testing.T) {
 	if d := r.take("a", now.Add(500*time.Millisecond)); d != 0 {
 		t.Fatalf("after refill: wait %v", d)
 	}
-	if got := retryAfterSeconds(300 * time.Millisecond); got != "1" {
+	if got := wsbackend.RetryAfterSeconds(300 * time.Millisecond); got != "1" {
 		t.Errorf("Retry-After %q, want 1", got)
 	}
-	if got := retryAfterSeconds(2100 * time.Millisecond); got != "3" {
+	if got := wsbackend.RetryAfterSeconds(2100 * time.Millisecond); got != "3" {
 		t.Errorf("Retry-After %q, want 3", got)
 	}
 }

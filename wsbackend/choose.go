@@ -38,7 +38,7 @@ func newChooser(pick pickFunc, maxAttempts *int, retryAfter *time.Duration) choo
 	if *retryAfter <= 0 {
 		*retryAfter = DefaultRetryAfter
 	}
-	return chooser{pick: pick, maxAttempts: *maxAttempts, retryAfter: retryAfterHeader(*retryAfter)}
+	return chooser{pick: pick, maxAttempts: *maxAttempts, retryAfter: RetryAfterSeconds(*retryAfter)}
 }
 
 // choose runs the loop over ups. reserve counts a chosen upstream against

@@ -23,8 +23,9 @@ func newError(status int, format string, args ...any) *Error {
 	return &Error{Status: status, Err: fmt.Errorf(format, args...)}
 }
 
-// retryAfterHeader renders d as a Retry-After value: whole seconds, rounded
-// up so that a client never comes back too early.
-func retryAfterHeader(d time.Duration) string {
-	return strconv.Itoa(int((d + time.Second - 1) / time.Second))
+// RetryAfterSeconds renders d as a Retry-After value: whole seconds, rounded
+// up so that a client never comes back too early, and at least 1 (0 would
+// invite it back at once).
+func RetryAfterSeconds(d time.Duration) string {
+	return strconv.FormatInt(max(1, int64((d+time.Second-1)/time.Second)), 10)
 }

@@ -359,5 +359,3 @@ func originAllowed(patterns []string, origin string) bool {
 	}
 	return false
 }
-
-

@@ -118,7 +118,7 @@ func (h *Handler) dynamicScheme() string {
 type backendSet struct {
 	store    wsbackend.BackendStore
 	maxConns int64
-	checks   *healthChecks // nil: no active health checks
+	checks   *healthChecks    // nil: no active health checks
 	weights  map[string]int64 // static weights by URL; nil: none
 
 	pool wsbackend.Pool

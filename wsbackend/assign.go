@@ -106,8 +106,8 @@ type AssignOptions struct {
 //
 // Assigner is safe for concurrent use.
 type Assigner struct {
-	src     UpstreamSource
-	opts    AssignOptions
+	src      UpstreamSource
+	opts     AssignOptions
 	chooser  chooser
 	share    *shareEstimator
 	affinity *affinityPicker // nil without affinity

@@ -110,9 +110,6 @@ func (h *Handler) provisionAffinity(ctx caddy.Context) (*wsbackend.AffinityOptio
 	if err := c.check(h.Rebalance); err != nil {
 		return nil, err
 	}
-	if err := registerCollectors(ctx.GetMetricsRegistry(), affinityChoices); err != nil {
-		return nil, fmt.Errorf("registering metrics: %w", err)
-	}
 	if h.Rebalance != nil && h.Rebalance.Ratio == 0 && c.Key != "" {
 		h.Rebalance.Ratio = c.rebalanceRatio()
 	}
@@ -181,20 +178,3 @@ var affinityChoices = prometheus.NewCounterVec(prometheus.CounterOpts{
 }, []string{"backend", "outcome"})
 
 func countAffinity(backend, outcome string) { affinityChoices.WithLabelValues(backend, outcome).Inc() }
-
-// registerCollectors adds collectors to the config's registry, ignoring
-// those already there (as registerMetrics does).
-func registerCollectors(reg *prometheus.Registry, cs ...prometheus.Collector) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
-}

@@ -201,9 +201,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
-	if err := registerOpsMetrics(ctx.GetMetricsRegistry()); err != nil {
-		return fmt.Errorf("registering metrics: %w", err)
-	}
 	h.provisionOps(ctx)
 	handlers.add(h)
 	return nil

@@ -57,14 +57,15 @@ func (backendCollector) Collect(ch chan<- prometheus.Metric) {
 	})
 }
 
-// registerMetrics adds our collectors to the config's registry. Every
-// handler of a config calls it; the second registration of the same
-// collector is expected and ignored.
+// registerMetrics adds every collector of the module (upgrades, assignments,
+// backend state, balancer closes, admission rejections, affinity choices)
+// to the config's registry. Every handler of a config calls it; the second
+// registration of the same collector is expected and ignored.
 func registerMetrics(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{upgrades, assignments, backendCollector{}} {
+	for _, c := range []prometheus.Collector{upgrades, assignments, backendCollector{}, drainCloses, rejections, affinityChoices} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"errors"
 	"hash/maphash"
 	"sync"
 	"time"
@@ -25,23 +24,6 @@ var (
 		Help:      "Requests refused by an admission check, by reason (origin, upgrade_rate, conns_per_ip).",
 	}, []string{"reason"})
 )
-
-// registerOpsMetrics adds the operational counters to the config's
-// registry; a second registration is expected and ignored.
-func registerOpsMetrics(reg *prometheus.Registry) error {
-	if reg == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{drainCloses, rejections} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
-}
 
 // ipConns counts relayed connections per client IP over the whole process,
 // so that the count survives reloads along with the connections.

@@ -7,6 +7,10 @@ package main
 //	                                   during the connect phase and during the
 //	                                   echo and ping rounds (when perf is
 //	                                   installed): kernel and user space;
+//	connect.stat.txt, echo.stat.txt    perf stat of the same: system calls,
+//	                                   context switches and CPU time, counts
+//	                                   that do not drift with the machine's
+//	                                   speed as times do;
 //	allocs-{base,connected,held}.pb.gz Go allocation profiles (Caddy targets,
 //	                                   from the admin endpoint) at the baseline,
 //	                                   after the connect phase and after the
@@ -70,8 +74,8 @@ func newProfiler(dir, target string, rep int, p *proxyProc) *profiler {
 	return pr
 }
 
-// perfRecord starts perf record on the processes of pgid; stop ends it and
-// waits until the data is written.
+// perfRecord starts perf record and perf stat on the processes of pgid;
+// stop ends them and waits until their output is written.
 func (pr *profiler) perfRecord(name string, pgid int) (stop func()) {
 	if pr == nil || pr.perf == "" {
 		return func() {}
@@ -80,29 +84,41 @@ func (pr *profiler) perfRecord(name string, pgid int) (stop func()) {
 	for _, pid := range groupPids(pgid) {
 		ids = append(ids, strconv.Itoa(pid))
 	}
-	out := pr.prefix + name + ".perf.data"
-	cmd := exec.Command(pr.perf, "record", "-g", "-F", "999", "-o", out, "-p", strings.Join(ids, ","))
-	if lf, err := os.Create(out + ".log"); err == nil {
-		cmd.Stdout, cmd.Stderr = lf, lf
-		defer lf.Close()
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := startChild(cmd); err != nil {
-		logf("perf record: %v", err)
-		return func() {}
+	pids := strings.Join(ids, ",")
+	out := pr.prefix + name
+	var cmds []*exec.Cmd
+	for _, args := range [][]string{
+		{"record", "-g", "-F", "999", "-o", out + ".perf.data", "-p", pids},
+		{"stat", "-e", "raw_syscalls:sys_enter,context-switches,task-clock", "-o", out + ".stat.txt", "-p", pids},
+	} {
+		cmd := exec.Command(pr.perf, args...)
+		if lf, err := os.Create(out + "." + args[0] + ".log"); err == nil {
+			cmd.Stdout, cmd.Stderr = lf, lf
+			defer lf.Close()
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := startChild(cmd); err != nil {
+			logf("perf %s: %v", args[0], err)
+			continue
+		}
+		cmds = append(cmds, cmd)
 	}
 	// perf needs a moment to attach before the phase starts.
 	time.Sleep(300 * time.Millisecond)
 	return func() {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
+		for _, cmd := range cmds {
+			_ = cmd.Process.Signal(syscall.SIGINT)
 		}
-		forgetChild(cmd.Process.Pid)
+		for _, cmd := range cmds {
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+			}
+			forgetChild(cmd.Process.Pid)
+		}
 	}
 }
 

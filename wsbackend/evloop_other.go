@@ -17,3 +17,10 @@ func eventLoopErr() error { return nil }
 func (r *relay) startEventLoop(client, backend net.Conn) bool { return false }
 
 func (e *evRelay) closeWith(code uint16, reason string) {}
+
+// hyRelay is the hybrid relay, Linux-only like the event loop it needs.
+type hyRelay struct{}
+
+func (r *relay) startHybrid(client, backend net.Conn) bool { return false }
+
+func (h *hyRelay) closeWith(code uint16, reason string) {}

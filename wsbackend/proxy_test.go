@@ -14,6 +14,14 @@ import (
 // newTestProxy starts n gorilla echo backends and an HTTP server proxying
 // upgrades over them; everything stops with the test.
 func newTestProxy(tb testing.TB, n int) (url string, ups []*Upstream) {
+	url, _, ups = newTestProxyTLS(tb, n, false)
+	return url, ups
+}
+
+// newTestProxyTLS is newTestProxy whose front serves HTTPS if tlsFront
+// (the clients of an HTTPS site): it returns a wss:// URL and a dialer that
+// trusts the test certificate; otherwise ws:// and the default dialer.
+func newTestProxyTLS(tb testing.TB, n int, tlsFront bool) (url string, d *websocket.Dialer, ups []*Upstream) {
 	tb.Helper()
 	store := NewBackendStore()
 	for range n {
@@ -28,15 +36,22 @@ func newTestProxy(tb testing.TB, n int) (url string, ups []*Upstream) {
 	pool := new(Pool)
 	pool.Set(ups)
 	p := NewProxy(pool, store, nil)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := p.ServeUpgrade(w, r, ForwardedFor{ClientIP: "127.0.0.1"}, nil); err != nil {
 			if e, ok := err.(*Error); ok {
 				http.Error(w, e.Error(), e.Status)
 			}
 		}
 	}))
+	d = websocket.DefaultDialer
+	if tlsFront {
+		front.StartTLS()
+		d = &websocket.Dialer{TLSClientConfig: front.Client().Transport.(*http.Transport).TLSClientConfig, HandshakeTimeout: 10 * time.Second}
+	} else {
+		front.Start()
+	}
 	tb.Cleanup(front.Close)
-	return "ws" + strings.TrimPrefix(front.URL, "http"), ups
+	return "ws" + strings.TrimPrefix(front.URL, "http"), d, ups
 }
 
 func TestProxyCountsConnections(t *testing.T) {
@@ -102,5 +117,37 @@ func BenchmarkRelayEcho(b *testing.B) {
 		if _, _, err := c.ReadMessage(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkRelayEchoTLS is BenchmarkRelayEcho with the client speaking TLS
+// to the proxy (an HTTPS site), relayed by the hybrid relay (Linux) and by
+// the goroutine pair.
+func BenchmarkRelayEchoTLS(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		loop bool
+	}{{"hybrid", true}, {"goroutines", false}} {
+		b.Run(mode.name, func(b *testing.B) {
+			SetEventLoop(mode.loop)
+			defer SetEventLoop(true)
+			url, d, _ := newTestProxyTLS(b, 1, true)
+			c, _, err := d.Dial(url, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			msg := make([]byte, 64)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(msg)))
+			for b.Loop() {
+				if err := c.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, _, err := c.ReadMessage(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -18,14 +18,19 @@ import (
 // follows frame boundaries (frameTracker) so that when one side vanishes the
 // other can still be sent a proper close frame.
 //
-// A relay holds only what both ways of relaying need: an event loop (plain
-// TCP on Linux; see evloop_linux.go) or a pair of goroutines (goRelay) keeps
-// the rest. It is small because thousands of idle connections each hold one.
+// A relay holds only what every way of relaying needs: an event loop (plain
+// TCP on Linux; see evloop_linux.go), the hybrid relay (a TLS side on
+// Linux: the loop watches, goroutines move bytes only while there are some;
+// relay_hybrid_linux.go) or a pair of goroutines (goRelay, elsewhere and for
+// HTTP/2 streams) keeps the rest. It is small because thousands of idle
+// connections each hold one.
 type relay struct {
 	up, down pipe // client to backend, backend to client
-	// ev is set when an event loop relays the connection; gr when two
-	// goroutines do. Exactly one is set once the relay has started.
+	// ev is set when an event loop relays the connection, hy when the
+	// hybrid relay does, gr when two goroutines do. Exactly one is set
+	// once the relay has started.
 	ev atomic.Pointer[evRelay]
+	hy *hyRelay
 	gr *goRelay
 
 	closing atomic.Bool
@@ -65,10 +70,10 @@ func newRelay(b *Backend, finish func(reason string)) *relay {
 
 // start relays between client and backend and returns at once: the
 // handler's goroutine (with its deep middleware stack) is not kept for the
-// life of the connection. Plain TCP goes to an event loop, anything else
-// (TLS) to two goroutines.
+// life of the connection. Plain TCP goes to an event loop, TLS over TCP to
+// the hybrid relay, anything else (an HTTP/2 stream) to two goroutines.
 func (r *relay) start(client, backend net.Conn) {
-	if r.startEventLoop(client, backend) {
+	if r.startEventLoop(client, backend) || r.startHybrid(client, backend) {
 		return
 	}
 	g := &goRelay{client: client, backend: backend}
@@ -86,6 +91,10 @@ func (r *relay) start(client, backend net.Conn) {
 func (r *relay) closeWith(code uint16, reason string) {
 	if ev := r.ev.Load(); ev != nil {
 		ev.closeWith(code, reason)
+		return
+	}
+	if r.hy != nil {
+		r.hy.closeWith(code, reason)
 		return
 	}
 	r.gr.closeWith(code, reason)

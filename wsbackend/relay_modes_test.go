@@ -12,29 +12,35 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// Both relays (the event loop for plain TCP, the goroutine pair for TLS and
-// where the loop is off) move large messages both ways, close cleanly and
-// leave the counts at zero; and the relay the test asks for is the one that
-// served the connection. Without that check, an event loop that failed to
-// start would pass as the goroutine pair it falls back to.
+// Every relay (the event loop for plain TCP, the hybrid relay for a TLS
+// client, the goroutine pair where the loop is off) moves large messages
+// both ways, closes cleanly and leaves the counts at zero; and the relay the
+// test asks for is the one that served the connection. Without that check,
+// an event loop that failed to start would pass as the goroutine pair it
+// falls back to.
 func TestRelayModes(t *testing.T) {
+	linux := runtime.GOOS == "linux"
 	for _, tc := range []struct {
 		name string
 		loop bool // SetEventLoop
-		// wantLoop: the event loop relays the connection. It exists on
-		// Linux only; elsewhere goroutines always do.
-		wantLoop bool
+		tls  bool // the client speaks TLS to the proxy
+		// want: the relay that serves the connection. The event loop and
+		// the hybrid relay exist on Linux only; elsewhere goroutines
+		// always relay.
+		want string
 	}{
-		{name: "event loop", loop: true, wantLoop: runtime.GOOS == "linux"},
-		{name: "goroutines", loop: false, wantLoop: false},
+		{name: "event loop", loop: true, want: map[bool]string{true: "loop", false: "goroutines"}[linux]},
+		{name: "hybrid", loop: true, tls: true, want: map[bool]string{true: "hybrid", false: "goroutines"}[linux]},
+		{name: "goroutines", loop: false, want: "goroutines"},
+		{name: "goroutines TLS", loop: false, tls: true, want: "goroutines"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			SetEventLoop(tc.loop)
 			defer SetEventLoop(true)
-			url, ups := newTestProxy(t, 1)
+			url, d, ups := newTestProxyTLS(t, 1, tc.tls)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			c, _, err := websocket.DefaultDialer.DialContext(ctx, url, nil)
+			c, _, err := d.DialContext(ctx, url, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -47,10 +53,10 @@ func TestRelayModes(t *testing.T) {
 			if err != nil || !bytes.Equal(got, msg) || <-done != nil {
 				t.Fatalf("3 MiB echo: %v (%d bytes back)", err, len(got))
 			}
-			if loop, err := servedByEventLoop(t, ups[0].Backend); err != nil {
+			if by, err := servedBy(t, ups[0].Backend); err != nil {
 				t.Fatal(err)
-			} else if loop != tc.wantLoop {
-				t.Fatalf("relayed by the event loop: %v, want %v (event loop error: %v)", loop, tc.wantLoop, eventLoopErr())
+			} else if by != tc.want {
+				t.Fatalf("relayed by %s, want %s (event loop error: %v)", by, tc.want, eventLoopErr())
 			}
 			// Closing the backend side: the client gets a close frame.
 			ups[0].CloseConnections(CloseServiceRestart, "test restart", 0)
@@ -69,10 +75,10 @@ func TestRelayModes(t *testing.T) {
 	}
 }
 
-// servedByEventLoop reports whether the one connection b relays is relayed
-// by the event loop (true) or by two goroutines (false). The relay is
-// tracked just after it starts, which can be after its first echo.
-func servedByEventLoop(t *testing.T, b *Backend) (bool, error) {
+// servedBy reports which relay serves the one connection b relays: "loop",
+// "hybrid" or "goroutines". The relay is tracked just after it starts,
+// which can be after its first echo.
+func servedBy(t *testing.T, b *Backend) (string, error) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -80,10 +86,14 @@ func servedByEventLoop(t *testing.T, b *Backend) (bool, error) {
 		rs := b.relays.collect(0, nil)
 		b.mu.Unlock()
 		switch {
+		case len(rs) == 1 && rs[0].ev.Load() != nil:
+			return "loop", nil
+		case len(rs) == 1 && rs[0].hy != nil:
+			return "hybrid", nil
 		case len(rs) == 1:
-			return rs[0].ev.Load() != nil, nil
+			return "goroutines", nil
 		case len(rs) > 1 || time.Now().After(deadline):
-			return false, fmt.Errorf("backend tracks %d relays, want 1", len(rs))
+			return "", fmt.Errorf("backend tracks %d relays, want 1", len(rs))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"sync"
 
@@ -93,8 +94,10 @@ func (c *AffinityConfig) factor() float64 {
 // rebalanceRatio is rebalance's default ratio under affinity: 10% above the
 // balance factor, as the bound is a ceiling over the total plus one and
 // counts lag (docs/affinity.md), and at least rebalance's own default.
+// Rounded to 3 decimals, so that errors and logs say 1.65, not
+// 1.6500000000000001.
 func (c *AffinityConfig) rebalanceRatio() float64 {
-	return max(defaultRebalanceRatio, c.factor()*1.1)
+	return max(defaultRebalanceRatio, math.Round(c.factor()*1.1*1000)/1000)
 }
 
 // defaultRebalanceRatio is RebalanceConfig.Ratio's default.

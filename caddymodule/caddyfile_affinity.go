@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -53,7 +54,7 @@ func (h *Handler) unmarshalAffinityOption(d *caddyfile.Dispenser) (bool, error) 
 					return true, d.ArgErr()
 				}
 				f, err := strconv.ParseFloat(d.Val(), 64)
-				if err != nil || !(f > 1) {
+				if err != nil || !(f > 1) || math.IsInf(f, 1) {
 					return true, d.Errf("balance_factor: %q is not a number above 1", d.Val())
 				}
 				c.BalanceFactor = f

@@ -89,6 +89,9 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"ws_balancer wss://h:1 {\n tls_trusted_ca_certs /nonexistent.pem\n tls_client_auth a b\n}",
 		"ws_balancer {\n dynamic a localhost 9101 {\n versions ipv4\n }\n health_uri /healthz\n health_interval 1s\n}",
 		"ws_balancer 127.0.0.1:1 {\n health_port 2\n health_headers {\n Host x\n }\n health_status 5xx\n}",
+		"ws_balancer 127.0.0.1:1 127.0.0.1:2 {\n weights 3 1\n affinity {query.room} {\n balance_factor 1.5\n cookie wsb\n cookie_secret 0123456789abcdef\n }\n}",
+		"ws_balancer 127.0.0.1:1 {\n affinity {\n cookie wsb\n }\n rebalance {\n ratio 1.1\n }\n}",
+		"ws_balancer 127.0.0.1:1 {\n affinity {http.request.header.X-Room} {\n balance_factor 1\n }\n}",
 		"ws_balancer {\n}\n}",
 		"ws_balancer \"{\"",
 	} {

@@ -138,7 +138,7 @@ func TestAffinityKeyPlacementAcrossInstances(t *testing.T) {
 	}
 	limit := int(math.Ceil(1.25*float64(len(ps))/5)) + 1
 	onMain := 0
-	perKey := map[string]map[string]int{}            // key → backend → connections
+	perKey := map[string]map[string]int{}           // key → backend → connections
 	perInst := [2]map[string]map[string]int{{}, {}} // instance → key → backend → n
 	for _, p := range ps {
 		if p.backend == mains[p.key] {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 func init() {
@@ -54,7 +54,7 @@ type backendStatus struct {
 	// at which a key's new connections spill past it. 0 when it takes
 	// none (down, draining, full).
 	Bound *int64 `json:"bound,omitempty"`
-	wsbackend.Stats
+	balancer.Stats
 }
 
 type backendsResponse struct {
@@ -88,7 +88,7 @@ func listBackends(now time.Time) ([]backendStatus, int64) {
 		ups := h.source.Upstreams()
 		var bounds []int64
 		if h.Affinity != nil {
-			bounds = wsbackend.AffinityBounds(ups, now, h.Affinity.BalanceFactor)
+			bounds = balancer.AffinityBounds(ups, now, h.Affinity.BalanceFactor)
 		}
 		for i, u := range ups {
 			if seen[u.Addr()] {

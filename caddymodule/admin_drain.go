@@ -11,7 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // drainResponse is the admin API's answer to a drain request.
@@ -64,8 +64,8 @@ func handleDrain(w http.ResponseWriter, r *http.Request) error {
 
 // findUpstream looks id up as an upstream ID or dial address in every
 // provisioned handler.
-func findUpstream(id string) *wsbackend.Upstream {
-	var found *wsbackend.Upstream
+func findUpstream(id string) *balancer.Upstream {
+	var found *balancer.Upstream
 	handlers.each(func(h *Handler) {
 		if found != nil || h.source == nil {
 			return

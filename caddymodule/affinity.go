@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wsbalancer/caddy-wsbalancer/internal/affinity"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // AffinityConfig sends the connections of one key (a chat room, a match, a
@@ -105,7 +105,7 @@ const defaultRebalanceRatio = 1.2
 
 // provisionAffinity returns the core's affinity options, or nil without
 // affinity; it raises rebalance's default ratio above the balance factor.
-func (h *Handler) provisionAffinity(ctx caddy.Context) (*wsbackend.AffinityOptions, error) {
+func (h *Handler) provisionAffinity(ctx caddy.Context) (*balancer.AffinityOptions, error) {
 	c := h.Affinity
 	if c == nil {
 		return nil, nil
@@ -116,7 +116,7 @@ func (h *Handler) provisionAffinity(ctx caddy.Context) (*wsbackend.AffinityOptio
 	if h.Rebalance != nil && h.Rebalance.Ratio == 0 && c.Key != "" {
 		h.Rebalance.Ratio = c.rebalanceRatio()
 	}
-	o := &wsbackend.AffinityOptions{
+	o := &balancer.AffinityOptions{
 		BalanceFactor: c.BalanceFactor,
 		CookieName:    c.Cookie,
 		OnChoice:      countAffinity,

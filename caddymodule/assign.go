@@ -17,7 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/token"
 )
 
@@ -120,7 +120,7 @@ type AssignConfig struct {
 	// docs/assign.md for measurements.
 	Selection string `json:"selection,omitempty"`
 
-	assigner *wsbackend.Assigner
+	assigner *balancer.Assigner
 	logger   *zap.Logger
 }
 
@@ -133,8 +133,8 @@ func (c *AssignConfig) check() error {
 	if c.TokenTTL < 0 || time.Duration(c.TokenTTL) > token.DefaultMaxLifetime {
 		return fmt.Errorf("token_ttl must be between 0 and %s, got %s", token.DefaultMaxLifetime, time.Duration(c.TokenTTL))
 	}
-	if c.Hold < 0 || time.Duration(c.Hold) > wsbackend.MaxAssignHold {
-		return fmt.Errorf("assign_hold must be between 0 and %s, got %s", wsbackend.MaxAssignHold, time.Duration(c.Hold))
+	if c.Hold < 0 || time.Duration(c.Hold) > balancer.MaxAssignHold {
+		return fmt.Errorf("assign_hold must be between 0 and %s, got %s", balancer.MaxAssignHold, time.Duration(c.Hold))
 	}
 	switch c.Response {
 	case "", responseAuto, responseRedirect, responseJSON:
@@ -168,7 +168,7 @@ func (h *Handler) provisionAssign() error {
 	if err != nil {
 		return fmt.Errorf("token_key: %w", err)
 	}
-	opts := wsbackend.AssignOptions{
+	opts := balancer.AssignOptions{
 		Signer:      signer,
 		TTL:         time.Duration(c.TokenTTL),
 		Hold:        time.Duration(c.Hold),
@@ -179,9 +179,9 @@ func (h *Handler) provisionAssign() error {
 		Affinity:    h.affinity,
 	}
 	if c.Selection == selectionTwoChoices {
-		opts.Select = wsbackend.TwoChoices
+		opts.Select = balancer.TwoChoices
 	}
-	if c.assigner, err = wsbackend.NewAssigner(h.source, opts); err != nil {
+	if c.assigner, err = balancer.NewAssigner(h.source, opts); err != nil {
 		return err
 	}
 	h.logger.Info("assign mode ready",

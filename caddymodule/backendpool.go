@@ -3,7 +3,7 @@ package caddymodule
 import (
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // backendStates holds the state of every backend by dial address, across
@@ -13,16 +13,16 @@ import (
 var backendStates = caddy.NewUsagePool()
 
 // backendEntry adapts a Backend to caddy.Destructor for the pool.
-type backendEntry struct{ *wsbackend.Backend }
+type backendEntry struct{ *balancer.Backend }
 
 func (backendEntry) Destruct() error { return nil }
 
-// usagePoolStore is the wsbackend.BackendStore over backendStates.
+// usagePoolStore is the balancer.BackendStore over backendStates.
 type usagePoolStore struct{}
 
-func (usagePoolStore) Acquire(addr string) *wsbackend.Backend {
+func (usagePoolStore) Acquire(addr string) *balancer.Backend {
 	v, _, _ := backendStates.LoadOrNew(addr, func() (caddy.Destructor, error) {
-		return backendEntry{wsbackend.NewBackend(addr)}, nil
+		return backendEntry{balancer.NewBackend(addr)}, nil
 	})
 	return v.(backendEntry).Backend
 }
@@ -30,4 +30,4 @@ func (usagePoolStore) Acquire(addr string) *wsbackend.Backend {
 func (usagePoolStore) Release(addr string) { _, _ = backendStates.Delete(addr) }
 
 // Interface guards
-var _ wsbackend.BackendStore = usagePoolStore{}
+var _ balancer.BackendStore = usagePoolStore{}

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wsbalancer/caddy-wsbalancer/consul"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // ConsulConfig says where Consul is and which service the backends register
@@ -225,7 +225,7 @@ type ConsulSource struct {
 // beyond what a backend reports). The watch is shared with every other view
 // (handler, config generation, reverse_proxy) of the same service with the
 // same settings, and lasts until the last of them calls Stop.
-func (c *ConsulSource) Start(ctx caddy.Context, store wsbackend.BackendStore, maxConns int64) (wsbackend.UpstreamSource, error) {
+func (c *ConsulSource) Start(ctx caddy.Context, store balancer.BackendStore, maxConns int64) (balancer.UpstreamSource, error) {
 	logger := ctx.Logger().Named("consul")
 	w, err := acquireWatcher(c.resolve(), logger)
 	if err != nil {
@@ -334,7 +334,7 @@ type backendIndex struct {
 // indexedBackend is a backend with the state ws_least_conn keeps per load
 // report. It must not be copied.
 type indexedBackend struct {
-	*wsbackend.Backend
+	*balancer.Backend
 	refs int // guarded by backendIndex.mu
 
 	mu sync.Mutex
@@ -345,7 +345,7 @@ type indexedBackend struct {
 	baseline int64
 }
 
-func (x *backendIndex) add(b *wsbackend.Backend) {
+func (x *backendIndex) add(b *balancer.Backend) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	e := x.m[b.Addr()]
@@ -374,9 +374,9 @@ func (x *backendIndex) lookup(addr string) *indexedBackend {
 
 // registeringStore is a BackendStore that also indexes what it hands out
 // in consulBackends.
-type registeringStore struct{ wsbackend.BackendStore }
+type registeringStore struct{ balancer.BackendStore }
 
-func (s registeringStore) Acquire(addr string) *wsbackend.Backend {
+func (s registeringStore) Acquire(addr string) *balancer.Backend {
 	b := s.BackendStore.Acquire(addr)
 	consulBackends.add(b)
 	return b
@@ -389,7 +389,7 @@ func (s registeringStore) Release(addr string) {
 
 // Interface guards
 var (
-	_ caddyfile.Unmarshaler  = (*ConsulSource)(nil)
-	_ caddy.Destructor       = (*sharedWatcher)(nil)
-	_ wsbackend.BackendStore = registeringStore{}
+	_ caddyfile.Unmarshaler = (*ConsulSource)(nil)
+	_ caddy.Destructor      = (*sharedWatcher)(nil)
+	_ balancer.BackendStore = registeringStore{}
 )

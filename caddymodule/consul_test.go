@@ -17,8 +17,9 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/wsbalancer/caddy-wsbalancer/consul"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 func TestMain(m *testing.M) { os.Exit(consuldev.Main(m)) }
@@ -354,7 +355,7 @@ func TestConsulSourceACL(t *testing.T) {
 func TestConsulUpstreams(t *testing.T) {
 	t.Parallel()
 	svc, c := sharedEcho(t, 7301, 7302)
-	registerEcho(t, c, svc, 7303, map[string]string{wsbackend.MetaDraining: "true"})
+	registerEcho(t, c, svc, 7303, map[string]string{protocol.MetaDraining: "true"})
 	ctx := testCaddyContext(t)
 	cu := &ConsulUpstreams{ConsulConfig: ConsulConfig{Address: consuldev.Shared(t).Addr(), Service: svc}}
 	if err := cu.Provision(ctx); err != nil {
@@ -412,11 +413,11 @@ func TestWSLeastConnSelect(t *testing.T) {
 	report := func(u *reverseproxy.Upstream, conns, capacity int64, version uint64) {
 		e := reports[u]
 		if e == nil {
-			e = &indexedBackend{Backend: wsbackend.NewBackend(u.Dial)}
+			e = &indexedBackend{Backend: balancer.NewBackend(u.Dial)}
 			reports[u] = e
 		}
 		now = now.Add(time.Second)
-		e.ObserveReport(wsbackend.Report{Connections: conns, Capacity: capacity, Version: version}, now)
+		e.ObserveReport(balancer.Report{Connections: conns, Capacity: capacity, Version: version}, now)
 	}
 	pick := func() *reverseproxy.Upstream { return selectLeastLoaded(pool, countOf, reportOf) }
 

@@ -14,7 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 func init() {
@@ -131,17 +132,17 @@ type Handler struct {
 	SourceAddresses []string `json:"source_addresses,omitempty"`
 
 	logger *zap.Logger
-	store  wsbackend.BackendStore
+	store  balancer.BackendStore
 	// source is what the proxy chooses from (see provisionSource);
 	// sourceStop releases it.
-	source     wsbackend.UpstreamSource
+	source     balancer.UpstreamSource
 	sourceStop func()
 	// dynamicGiven records that DynamicBackendsRaw was given (loading
 	// the module clears it).
 	dynamicGiven bool
-	proxy        *wsbackend.Proxy
+	proxy        *balancer.Proxy
 	ops          *opsState
-	affinity     *wsbackend.AffinityOptions // nil without affinity
+	affinity     *balancer.AffinityOptions // nil without affinity
 }
 
 // CaddyModule returns the Caddy module information.
@@ -168,7 +169,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	opts := &wsbackend.ProxyOptions{
+	opts := &balancer.ProxyOptions{
 		DialTimeout:      time.Duration(h.DialTimeout),
 		HandshakeTimeout: time.Duration(h.HandshakeTimeout),
 		FailDuration:     time.Duration(h.FailDuration),
@@ -195,7 +196,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		opts.Dialer = dialer
 	}
 	raiseFileLimit(h.logger)
-	h.proxy = wsbackend.NewProxy(h.source, h.store, opts)
+	h.proxy = balancer.NewProxy(h.source, h.store, opts)
 	if h.Mode == modeAssign {
 		if err := h.provisionAssign(); err != nil {
 			return err
@@ -281,7 +282,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		return h.serveAssign(w, r)
 	}
-	if !wsbackend.IsUpgrade(r) && !wsbackend.IsExtendedConnect(r) {
+	if !protocol.IsUpgrade(r) && !balancer.IsExtendedConnect(r) {
 		if h.RejectNonWebSocket {
 			return caddyhttp.Error(http.StatusBadRequest, errors.New("not a WebSocket upgrade request"))
 		}
@@ -290,10 +291,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return h.serveUpgrade(w, r)
 }
 
-// handlerError turns a *wsbackend.Error into Caddy's HTTP error, with the
+// handlerError turns a *balancer.Error into Caddy's HTTP error, with the
 // headers it carries.
 func handlerError(w http.ResponseWriter, err error) error {
-	var e *wsbackend.Error
+	var e *balancer.Error
 	if errors.As(err, &e) {
 		for name, values := range e.Header {
 			w.Header()[name] = values
@@ -305,9 +306,9 @@ func handlerError(w http.ResponseWriter, err error) error {
 
 // forwardedFor takes the client's IP as Caddy determined it, honouring the
 // server's trusted_proxies.
-func forwardedFor(r *http.Request) wsbackend.ForwardedFor {
+func forwardedFor(r *http.Request) balancer.ForwardedFor {
 	trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
-	return wsbackend.ForwardedFor{ClientIP: clientIP(r), Trusted: trusted}
+	return balancer.ForwardedFor{ClientIP: clientIP(r), Trusted: trusted}
 }
 
 // handlerSet tracks the provisioned handlers, for the admin API.

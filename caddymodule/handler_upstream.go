@@ -8,7 +8,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // provisionUpstream sets up the TLS config for wss:// backends and the
@@ -16,7 +16,7 @@ import (
 // are read and CA pools loaded at provisioning, not per dial. The header
 // hooks are set only when operations are configured, so that an upgrade
 // without them copies no headers.
-func (h *Handler) provisionUpstream(ctx caddy.Context, opts *wsbackend.ProxyOptions) error {
+func (h *Handler) provisionUpstream(ctx caddy.Context, opts *balancer.ProxyOptions) error {
 	if h.TLSInsecureSkipVerify {
 		h.upstreamTLS().InsecureSkipVerify = true
 	}
@@ -83,7 +83,7 @@ func (h *Handler) validateUpstream() error {
 
 func anyWSS(backends []string) bool {
 	for _, s := range backends {
-		if u, err := wsbackend.ParseBackendURL(s); err == nil && u.Scheme == "wss" {
+		if u, err := balancer.ParseBackendURL(s); err == nil && u.Scheme == "wss" {
 			return true
 		}
 	}
@@ -92,13 +92,13 @@ func anyWSS(backends []string) bool {
 
 // headerUp applies the request header operations (header_up) to the
 // headers of the upgrade request for backend u.
-func (h *Handler) headerUp(r *http.Request, u *wsbackend.Upstream, hdr http.Header) {
+func (h *Handler) headerUp(r *http.Request, u *balancer.Upstream, hdr http.Header) {
 	h.Headers.Request.ApplyTo(hdr, upstreamReplacer(r, u))
 }
 
 // headerDown applies the response header operations (header_down) to
 // backend u's answer, if it matches their require condition.
-func (h *Handler) headerDown(r *http.Request, u *wsbackend.Upstream, resp *http.Response) {
+func (h *Handler) headerDown(r *http.Request, u *balancer.Upstream, resp *http.Response) {
 	ops := h.Headers.Response
 	if ops.Require != nil && !ops.Require.Match(resp.StatusCode, resp.Header) {
 		return
@@ -109,7 +109,7 @@ func (h *Handler) headerDown(r *http.Request, u *wsbackend.Upstream, resp *http.
 // upstreamReplacer is the request's replacer, with reverse_proxy's
 // upstream placeholders set to backend u, so that `header_up Host
 // {upstream_hostport}` means what it does under reverse_proxy.
-func upstreamReplacer(r *http.Request, u *wsbackend.Upstream) *caddy.Replacer {
+func upstreamReplacer(r *http.Request, u *balancer.Upstream) *caddy.Replacer {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		repl = caddy.NewReplacer() // not served by Caddy's HTTP app

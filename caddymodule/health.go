@@ -22,7 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // HealthChecks configures the active health checks of a ws_balancer's
@@ -136,7 +136,7 @@ var healthCheckers = caddy.NewUsagePool()
 
 // healthChecker probes one backend. It must not be copied.
 type healthChecker struct {
-	health wsbackend.ActiveHealth
+	health balancer.ActiveHealth
 	key    string
 	cancel context.CancelFunc
 	done   chan struct{}

@@ -23,7 +23,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/gorilla/websocket"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // The health_* options are reverse_proxy's, parsed by its own parser.
@@ -225,7 +225,7 @@ func TestHealthCheckersShared(t *testing.T) {
 }
 
 // checkerOf finds the pooled checker behind an upstream's verdict.
-func checkerOf(t *testing.T, u *wsbackend.Upstream) *healthChecker {
+func checkerOf(t *testing.T, u *balancer.Upstream) *healthChecker {
 	t.Helper()
 	var found *healthChecker
 	healthCheckers.Range(func(_, v any) bool {

@@ -15,7 +15,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 // OpsConfig holds the operational options of a ws_balancer handler:
@@ -212,7 +213,7 @@ func closeAllOnExit(ctx context.Context) {
 	})
 	closed := 0
 	for _, b := range all {
-		closed += b.CloseConnections(wsbackend.CloseGoingAway, "server shutting down", 0)
+		closed += b.CloseConnections(protocol.CloseGoingAway, "server shutting down", 0)
 	}
 	if logger != nil {
 		logger.Info("closed WebSocket connections on exit", zap.Int("connections", closed), zap.Duration("grace", grace))
@@ -227,7 +228,7 @@ func (h *Handler) drainLoop(ctx context.Context) {
 	defer idle.Stop()
 	turn := 0
 	for {
-		var draining []*wsbackend.Upstream
+		var draining []*balancer.Upstream
 		for _, u := range h.source.Upstreams() {
 			if u.IsDraining() && u.Live() > 0 {
 				draining = append(draining, u)
@@ -246,7 +247,7 @@ func (h *Handler) drainLoop(ctx context.Context) {
 		}
 		turn++
 		u := draining[turn%len(draining)]
-		if u.CloseConnections(wsbackend.CloseServiceRestart, "backend draining", 1) > 0 {
+		if u.CloseConnections(protocol.CloseServiceRestart, "backend draining", 1) > 0 {
 			drainCloses.WithLabelValues(u.Addr()).Inc()
 		}
 	}
@@ -259,7 +260,7 @@ func (h *Handler) idleLoop(ctx context.Context) {
 	every := min(max(timeout/4, 50*time.Millisecond), time.Second)
 	everyTick(ctx, every, func(now time.Time) {
 		for _, u := range h.source.Upstreams() {
-			u.CloseIdle(wsbackend.CloseGoingAway, "idle timeout", now.Add(-timeout))
+			u.CloseIdle(protocol.CloseGoingAway, "idle timeout", now.Add(-timeout))
 		}
 	})
 }
@@ -294,7 +295,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) error {
 	if h.ops.limits != nil {
 		if wait := h.ops.limits.take(clientIP(r), time.Now()); wait > 0 {
 			rejections.WithLabelValues("upgrade_rate").Inc()
-			w.Header().Set("Retry-After", wsbackend.RetryAfterSeconds(wait))
+			w.Header().Set("Retry-After", balancer.RetryAfterSeconds(wait))
 			return caddyhttp.Error(http.StatusTooManyRequests, fmt.Errorf("upgrade rate exceeded for client %s", clientIP(r)))
 		}
 	}
@@ -316,7 +317,7 @@ func (h *Handler) serveUpgrade(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Retry-After", "1")
 		return caddyhttp.Error(http.StatusTooManyRequests, fmt.Errorf("client %s is at max_conns_per_ip %d", ip, h.MaxConnsPerIP))
 	}
-	hook := wsbackend.NewRelayHook(func() { ipConns.release(ip) })
+	hook := balancer.NewRelayHook(func() { ipConns.release(ip) })
 	err := h.proxy.ServeUpgrade(w, r, forwardedFor(r), hook)
 	if !hook.Adopted() {
 		ipConns.release(ip)

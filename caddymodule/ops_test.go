@@ -11,7 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 func TestUnmarshalOpsOptions(t *testing.T) {
@@ -150,21 +150,21 @@ func TestIPRates(t *testing.T) {
 	if d := r.take("a", now.Add(500*time.Millisecond)); d != 0 {
 		t.Fatalf("after refill: wait %v", d)
 	}
-	if got := wsbackend.RetryAfterSeconds(300 * time.Millisecond); got != "1" {
+	if got := balancer.RetryAfterSeconds(300 * time.Millisecond); got != "1" {
 		t.Errorf("Retry-After %q, want 1", got)
 	}
-	if got := wsbackend.RetryAfterSeconds(2100 * time.Millisecond); got != "3" {
+	if got := balancer.RetryAfterSeconds(2100 * time.Millisecond); got != "3" {
 		t.Errorf("Retry-After %q, want 3", got)
 	}
 }
 
 func TestRebalancePickVictim(t *testing.T) {
-	mk := func(loads ...int64) []*wsbackend.Upstream {
-		ups := make([]*wsbackend.Upstream, len(loads))
+	mk := func(loads ...int64) []*balancer.Upstream {
+		ups := make([]*balancer.Upstream, len(loads))
 		for i, n := range loads {
-			b := wsbackend.NewBackend(fmt.Sprintf("10.0.0.%d:80", i+1))
-			b.ObserveReport(wsbackend.Report{Connections: n, Capacity: 0, Version: 1}, time.Now())
-			ups[i] = &wsbackend.Upstream{Backend: b}
+			b := balancer.NewBackend(fmt.Sprintf("10.0.0.%d:80", i+1))
+			b.ObserveReport(balancer.Report{Connections: n, Capacity: 0, Version: 1}, time.Now())
+			ups[i] = &balancer.Upstream{Backend: b}
 		}
 		return ups
 	}

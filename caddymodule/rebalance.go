@@ -10,7 +10,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 // RebalanceConfig moves connections off overloaded backends: when the most
@@ -74,10 +75,10 @@ func newRebalancer(c *RebalanceConfig, logger *zap.Logger) *rebalancer {
 // pickVictim returns the most loaded backend while the spread over the
 // backends that can take connections exceeds ratio, or nil. The caller
 // closes what it can there (this instance's connections).
-func (rb *rebalancer) pickVictim(ups []*wsbackend.Upstream, now time.Time) *wsbackend.Upstream {
+func (rb *rebalancer) pickVictim(ups []*balancer.Upstream, now time.Time) *balancer.Upstream {
 	var sum int64
 	var n int
-	var top *wsbackend.Upstream
+	var top *balancer.Upstream
 	var topLoad int64
 	for _, u := range ups {
 		if u.IsDraining() || !u.Healthy(now) {
@@ -100,7 +101,7 @@ func (rb *rebalancer) pickVictim(ups []*wsbackend.Upstream, now time.Time) *wsba
 	return top
 }
 
-func (rb *rebalancer) run(ctx context.Context, src wsbackend.UpstreamSource) {
+func (rb *rebalancer) run(ctx context.Context, src balancer.UpstreamSource) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -119,7 +120,7 @@ func (rb *rebalancer) run(ctx context.Context, src wsbackend.UpstreamSource) {
 			}
 			// Look again: the spread may have settled while waiting.
 			if v := rb.pickVictim(src.Upstreams(), rb.now()); v != nil &&
-				v.CloseConnections(wsbackend.CloseServiceRestart, "rebalancing", 1) > 0 {
+				v.CloseConnections(protocol.CloseServiceRestart, "rebalancing", 1) > 0 {
 				drainCloses.WithLabelValues(v.Addr()).Inc()
 			}
 			continue

@@ -11,7 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // Where a handler's backends come from: a static list (backends), or a
@@ -34,7 +34,7 @@ import (
 type wsSource interface {
 	// startWS returns the handler's upstreams, over Backends from store,
 	// capped at maxConns, with URLs of the given scheme; stop ends them.
-	startWS(ctx caddy.Context, store wsbackend.BackendStore, maxConns int64, scheme string) (src wsbackend.UpstreamSource, stop func(), err error)
+	startWS(ctx caddy.Context, store balancer.BackendStore, maxConns int64, scheme string) (src balancer.UpstreamSource, stop func(), err error)
 }
 
 const (
@@ -62,7 +62,7 @@ func (h *Handler) provisionSource(ctx caddy.Context, tlsConfig *tls.Config) erro
 	if h.DynamicBackendsRaw == nil {
 		urls := make([]*url.URL, 0, len(h.Backends))
 		for i, s := range h.Backends {
-			u, err := wsbackend.ParseBackendURL(s)
+			u, err := balancer.ParseBackendURL(s)
 			if err != nil {
 				return err // Caddy calls Cleanup after a failed Provision
 			}
@@ -116,12 +116,12 @@ func (h *Handler) dynamicScheme() string {
 // Backends from the shared store (so counts survive reloads) and their
 // active health checkers, and publishes the current set in a Pool.
 type backendSet struct {
-	store    wsbackend.BackendStore
+	store    balancer.BackendStore
 	maxConns int64
 	checks   *healthChecks    // nil: no active health checks
 	weights  map[string]int64 // static weights by URL; nil: none
 
-	pool wsbackend.Pool
+	pool balancer.Pool
 
 	mu     sync.Mutex
 	held   map[string]*heldUpstream // by URL
@@ -129,7 +129,7 @@ type backendSet struct {
 }
 
 type heldUpstream struct {
-	up      *wsbackend.Upstream
+	up      *balancer.Upstream
 	checker *healthChecker // nil without active health checks
 }
 
@@ -142,7 +142,7 @@ func (s *backendSet) update(urls []*url.URL) {
 		return
 	}
 	next := make(map[string]*heldUpstream, len(urls))
-	list := make([]*wsbackend.Upstream, 0, len(urls))
+	list := make([]*balancer.Upstream, 0, len(urls))
 	for _, u := range urls {
 		key := u.String()
 		if next[key] != nil {
@@ -150,7 +150,7 @@ func (s *backendSet) update(urls []*url.URL) {
 		}
 		hu := s.held[key]
 		if hu == nil {
-			hu = &heldUpstream{up: &wsbackend.Upstream{
+			hu = &heldUpstream{up: &balancer.Upstream{
 				Backend:  s.store.Acquire(u.Host),
 				ID:       u.Host,
 				URL:      u,

@@ -11,7 +11,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 const (
@@ -107,7 +107,7 @@ func (p *poll) backendURL(dial string) (*url.URL, error) {
 	if addr.PortRangeSize() != 1 {
 		return nil, &net.AddrError{Err: "not one port", Addr: dial}
 	}
-	return wsbackend.ParseBackendURL(p.scheme + "://" + addr.JoinHostPort(0))
+	return balancer.ParseBackendURL(p.scheme + "://" + addr.JoinHostPort(0))
 }
 
 // pollRequest is the request a poll passes to GetUpstreams: the modules

@@ -17,8 +17,9 @@ import (
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
 
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 func TestUnmarshalSourceOptions(t *testing.T) {
@@ -198,7 +199,7 @@ func (f *fakeUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream,
 // leave, keeps the last set on errors, and stops.
 func TestPollFollowsSource(t *testing.T) {
 	t.Parallel()
-	store := wsbackend.NewBackendStore()
+	store := balancer.NewBackendStore()
 	set := &backendSet{store: store, maxConns: 7}
 	fake := new(fakeUpstreams)
 	fake.set(nil, "127.0.0.1:7001", "tcp4/127.0.0.1:7002", "unix//run/x.sock", "127.0.0.1:7001", "{bad}")
@@ -252,7 +253,7 @@ func TestPollFollowsSource(t *testing.T) {
 	}
 }
 
-func upstreamURLs(ups []*wsbackend.Upstream) []string {
+func upstreamURLs(ups []*balancer.Upstream) []string {
 	var out []string
 	for _, u := range ups {
 		out = append(out, u.URL.String())
@@ -289,7 +290,7 @@ func TestConsulSourcesInWSBalancer(t *testing.T) {
 		id := fmt.Sprintf("chat-%d", port)
 		err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{
 			ID: id, Name: "chat", Address: "127.0.0.1", Port: port,
-			Meta:  map[string]string{wsbackend.MetaConnections: count},
+			Meta:  map[string]string{protocol.MetaConnections: count},
 			Check: &api.AgentServiceCheck{CheckID: "ttl:" + id, TTL: "1m", Status: api.HealthPassing},
 		})
 		if err != nil {

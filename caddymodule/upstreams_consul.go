@@ -7,7 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 func init() {
@@ -89,7 +89,7 @@ func (cu *ConsulUpstreams) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream
 // provisioned one when the handler caps nothing and dials ws://, else one
 // of its own over the same watch, stopped by the returned func (or by
 // Cleanup).
-func (cu *ConsulUpstreams) startWS(ctx caddy.Context, store wsbackend.BackendStore, maxConns int64, scheme string) (wsbackend.UpstreamSource, func(), error) {
+func (cu *ConsulUpstreams) startWS(ctx caddy.Context, store balancer.BackendStore, maxConns int64, scheme string) (balancer.UpstreamSource, func(), error) {
 	if maxConns == 0 && scheme == schemeWS && store == (usagePoolStore{}) {
 		return cu.rp.source, func() {}, nil
 	}

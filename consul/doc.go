@@ -3,10 +3,10 @@
 // A [Watcher] follows one service's passing instances with blocking queries
 // (GET /v1/health/service/:name?passing) and tells its subscribers when the
 // set, or anything the balancer reads from it, changes. A [Source] turns each
-// set into the [wsbackend.Upstream]s a proxy chooses from, and feeds the load
+// set into the [balancer.Upstream]s a proxy chooses from, and feeds the load
 // every backend publishes in its service meta (see wsbackend's report
 // protocol: ws_connections, ws_capacity, ws_url, ws_draining) into the shared
-// [wsbackend.Backend] state.
+// [balancer.Backend] state.
 //
 // # Blocking-query discipline
 //

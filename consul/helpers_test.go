@@ -16,8 +16,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
 
 // testTimeout bounds every test.
@@ -183,16 +183,16 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) ti
 
 // countingStore is a BackendStore that records references.
 type countingStore struct {
-	inner wsbackend.BackendStore
+	inner balancer.BackendStore
 	mu    sync.Mutex
 	refs  map[string]int
 }
 
 func newCountingStore() *countingStore {
-	return &countingStore{inner: wsbackend.NewBackendStore(), refs: make(map[string]int)}
+	return &countingStore{inner: balancer.NewBackendStore(), refs: make(map[string]int)}
 }
 
-func (s *countingStore) Acquire(addr string) *wsbackend.Backend {
+func (s *countingStore) Acquire(addr string) *balancer.Backend {
 	s.mu.Lock()
 	s.refs[addr]++
 	s.mu.Unlock()

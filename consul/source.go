@@ -9,7 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 // SourceOptions configures a Source. The zero value is usable.
@@ -26,7 +27,7 @@ type SourceOptions struct {
 	Now func() time.Time
 }
 
-// Source is a wsbackend.UpstreamSource over the instances a Watcher sees.
+// Source is a balancer.UpstreamSource over the instances a Watcher sees.
 // On every change it publishes a new set of Upstreams in its Pool, over
 // Backends acquired from a BackendStore by dial address (released when the
 // instance leaves the passing set), and passes each instance's load report
@@ -36,20 +37,20 @@ type SourceOptions struct {
 // gets no new connections; the connections already relayed to it are not
 // touched: they hold their own references to the Backend.
 type Source struct {
-	store       wsbackend.BackendStore
+	store       balancer.BackendStore
 	opts        SourceOptions
-	pool        wsbackend.Pool
+	pool        balancer.Pool
 	unsubscribe func()
 
 	mu     sync.Mutex
-	held   map[string]*wsbackend.Backend // by dial address
+	held   map[string]*balancer.Backend // by dial address
 	closed bool
 }
 
 // NewSource subscribes a new Source to w. If w has synced, the Source's set
 // is ready when NewSource returns.
-func NewSource(w *Watcher, store wsbackend.BackendStore, opts *SourceOptions) *Source {
-	s := &Source{store: store, held: make(map[string]*wsbackend.Backend)}
+func NewSource(w *Watcher, store balancer.BackendStore, opts *SourceOptions) *Source {
+	s := &Source{store: store, held: make(map[string]*balancer.Backend)}
 	if opts != nil {
 		s.opts = *opts
 	}
@@ -67,7 +68,7 @@ func NewSource(w *Watcher, store wsbackend.BackendStore, opts *SourceOptions) *S
 }
 
 // Upstreams returns the current set; callers must not modify it.
-func (s *Source) Upstreams() []*wsbackend.Upstream { return s.pool.Upstreams() }
+func (s *Source) Upstreams() []*balancer.Upstream { return s.pool.Upstreams() }
 
 // Close stops following the watcher and releases the Backends the Source
 // holds. The last set stays readable, so that requests still being served
@@ -94,7 +95,7 @@ func (s *Source) update(set []Instance) {
 		return
 	}
 	now := s.opts.Now()
-	ups := make([]*wsbackend.Upstream, 0, len(set))
+	ups := make([]*balancer.Upstream, 0, len(set))
 	seen := make(map[string]bool, len(set))
 	for _, in := range set {
 		if seen[in.Addr] {
@@ -122,27 +123,27 @@ func (s *Source) update(set []Instance) {
 }
 
 // upstream builds the Upstream of one instance and records its load report.
-func (s *Source) upstream(in Instance, b *wsbackend.Backend, now time.Time) *wsbackend.Upstream {
-	u := &wsbackend.Upstream{
+func (s *Source) upstream(in Instance, b *balancer.Backend, now time.Time) *balancer.Upstream {
+	u := &balancer.Upstream{
 		Backend:  b,
 		ID:       in.ID,
 		URL:      &url.URL{Scheme: s.opts.BackendScheme, Host: in.Addr, Path: "/"},
 		MaxConns: s.opts.MaxConns,
-		Draining: strings.EqualFold(in.Meta[wsbackend.MetaDraining], "true"),
+		Draining: strings.EqualFold(in.Meta[protocol.MetaDraining], "true"),
 	}
-	if raw := in.Meta[wsbackend.MetaURL]; raw != "" {
+	if raw := in.Meta[protocol.MetaURL]; raw != "" {
 		if pu, err := url.Parse(raw); err == nil && (pu.Scheme == "ws" || pu.Scheme == "wss") && pu.Host != "" {
 			u.PublicURL = raw
 		} else {
-			s.opts.Logger.Warn("consul: ignoring malformed meta "+wsbackend.MetaURL,
+			s.opts.Logger.Warn("consul: ignoring malformed meta "+protocol.MetaURL,
 				zap.String("id", in.ID), zap.String("value", raw))
 		}
 	}
-	capacity, okCap := s.metaCount(in, wsbackend.MetaCapacity)
-	conns, okConns := s.metaCount(in, wsbackend.MetaConnections)
+	capacity, okCap := s.metaCount(in, protocol.MetaCapacity)
+	conns, okConns := s.metaCount(in, protocol.MetaConnections)
 	switch {
 	case okConns:
-		b.ObserveReport(wsbackend.Report{Connections: conns, Capacity: capacity, Version: in.ModifyIndex, TakenAt: s.countedAt(in)}, now)
+		b.ObserveReport(balancer.Report{Connections: conns, Capacity: capacity, Version: in.ModifyIndex, TakenAt: s.countedAt(in)}, now)
 	default:
 		// No count: the balancer counts alone. A capacity given without a
 		// count still caps the backend.
@@ -173,7 +174,7 @@ func (s *Source) metaCount(in Instance, key string) (n int64, ok bool) {
 // countedAt reads when the backend took its count, or zero when the meta
 // is absent or malformed (which is logged).
 func (s *Source) countedAt(in Instance) time.Time {
-	ms, ok := s.metaCount(in, wsbackend.MetaCountedAt)
+	ms, ok := s.metaCount(in, protocol.MetaCountedAt)
 	if !ok {
 		return time.Time{}
 	}
@@ -181,4 +182,4 @@ func (s *Source) countedAt(in Instance) time.Time {
 }
 
 // Interface guards
-var _ wsbackend.UpstreamSource = (*Source)(nil)
+var _ balancer.UpstreamSource = (*Source)(nil)

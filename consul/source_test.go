@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // entry is a health entry on node n1 (address 10.0.0.1).
@@ -20,8 +20,8 @@ func entry(id, addr string, port int, modify uint64, meta map[string]string) *ap
 	}
 }
 
-func byID(ups []*wsbackend.Upstream) map[string]*wsbackend.Upstream {
-	m := make(map[string]*wsbackend.Upstream)
+func byID(ups []*balancer.Upstream) map[string]*balancer.Upstream {
+	m := make(map[string]*balancer.Upstream)
 	for _, u := range ups {
 		m[u.ID] = u
 	}

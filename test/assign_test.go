@@ -33,9 +33,11 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/wsbalancer/caddy-wsbalancer/consul"
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/client"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/token"
 )
 
@@ -66,9 +68,9 @@ func assignClient(t *testing.T) *http.Client {
 }
 
 // requestAssignment asks c's /assign for an assignment.
-func requestAssignment(t *testing.T, ctx context.Context, c *harness.Caddy) *wsbackend.Assignment {
+func requestAssignment(t *testing.T, ctx context.Context, c *harness.Caddy) *protocol.Assignment {
 	t.Helper()
-	asg, err := wsbackend.RequestAssignment(ctx, "http://"+c.Addr()+"/assign", nil)
+	asg, err := client.RequestAssignment(ctx, "http://"+c.Addr()+"/assign", nil)
 	if err != nil {
 		t.Fatalf("assignment: %v", err)
 	}
@@ -173,7 +175,7 @@ func TestAssignBurstSpreadsEvenly(t *testing.T) {
 	}
 	if entries, _, err := client.Health().Service(service, "", false, nil); err == nil {
 		for _, e := range entries {
-			t.Logf("backend %s last published %s", e.Service.ID, e.Service.Meta[wsbackend.MetaConnections])
+			t.Logf("backend %s last published %s", e.Service.ID, e.Service.Meta[protocol.MetaConnections])
 		}
 	}
 	release()
@@ -206,7 +208,7 @@ func TestAssignBurstSpreadsEvenly(t *testing.T) {
 
 // assignHandler answers /assign with a's assignments as JSON, as
 // ws_balancer's assign mode does.
-func assignHandler(a *wsbackend.Assigner) http.Handler {
+func assignHandler(a *balancer.Assigner) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		asg, err := a.Assign("")
 		if err != nil {
@@ -229,7 +231,7 @@ func mustLoadKey(t *testing.T, path string) token.Key {
 // naiveBalancer is an in-process balancer over a Consul service that picks
 // the first backend with the lowest reported load and keeps no count of its
 // own assignments.
-func naiveBalancer(t *testing.T, ctx context.Context, agentAddr, service string, signer *token.Signer) *wsbackend.Assigner {
+func naiveBalancer(t *testing.T, ctx context.Context, agentAddr, service string, signer *token.Signer) *balancer.Assigner {
 	t.Helper()
 	cfg := consul.Config{Address: agentAddr, Service: service}
 	c, err := cfg.NewClient()
@@ -241,16 +243,16 @@ func naiveBalancer(t *testing.T, ctx context.Context, agentAddr, service string,
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
-	src := consul.NewSource(w, wsbackend.NewBackendStore(), nil)
+	src := consul.NewSource(w, balancer.NewBackendStore(), nil)
 	t.Cleanup(src.Close)
 	if !harness.WaitFor(ctx, 10*time.Second, func() bool { return len(src.Upstreams()) == 3 }) {
 		t.Fatalf("naive balancer sees %d backends, want 3", len(src.Upstreams()))
 	}
-	a, err := wsbackend.NewAssigner(src, wsbackend.AssignOptions{
+	a, err := balancer.NewAssigner(src, balancer.AssignOptions{
 		Signer: signer,
-		Hold:   wsbackend.NoAssignHold,
-		Select: func(ups []*wsbackend.Upstream, now time.Time, skip func(*wsbackend.Upstream) bool) *wsbackend.Upstream {
-			var best *wsbackend.Upstream
+		Hold:   balancer.NoAssignHold,
+		Select: func(ups []*balancer.Upstream, now time.Time, skip func(*balancer.Upstream) bool) *balancer.Upstream {
+			var best *balancer.Upstream
 			for _, u := range ups {
 				if (skip == nil || !skip(u)) && u.Available(now) && (best == nil || u.Load() < best.Load()) {
 					best = u
@@ -476,14 +478,14 @@ func TestAssignSubjectFromAuth(t *testing.T) {
 	caddy := csCaddy(t, site)
 	assignURL := "http://" + caddy.Addr() + "/assign"
 
-	_, _, err = wsbackend.AssignAndDial(ctx, assignURL, nil)
-	var ae *wsbackend.AssignError
+	_, _, err = client.AssignAndDial(ctx, assignURL, nil)
+	var ae *client.AssignError
 	if !errors.As(err, &ae) || ae.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("without credentials: %v, want a 401 AssignError", err)
 	}
 	hdr := http.Header{}
 	hdr.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("alice:s3cret")))
-	c, asg, err := wsbackend.AssignAndDial(ctx, assignURL, &wsbackend.AssignDialOptions{Header: hdr, Dialer: harness.Dialer})
+	c, asg, err := client.AssignAndDial(ctx, assignURL, &client.AssignDialOptions{Header: hdr, Dialer: harness.Dialer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -572,7 +574,7 @@ func TestAssignNoOpenRedirect(t *testing.T) {
 				}
 				target = locs[0]
 			case resp.StatusCode == http.StatusOK && strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json"):
-				var asg wsbackend.Assignment
+				var asg protocol.Assignment
 				if err := json.Unmarshal(body, &asg); err != nil {
 					t.Fatal(err)
 				}

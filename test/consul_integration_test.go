@@ -42,7 +42,7 @@ import (
 
 	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 // csContext bounds a test.
@@ -141,8 +141,8 @@ func csStartBackend(t *testing.T, ctx context.Context, c *api.Client, service, n
 
 func (b *csBackend) register(ctx context.Context, conns int64, countedAt time.Time) error {
 	meta := map[string]string{
-		wsbackend.MetaConnections: strconv.FormatInt(conns, 10),
-		wsbackend.MetaCountedAt:   strconv.FormatInt(countedAt.UnixMilli(), 10),
+		protocol.MetaConnections: strconv.FormatInt(conns, 10),
+		protocol.MetaCountedAt:   strconv.FormatInt(countedAt.UnixMilli(), 10),
 	}
 	for k, v := range b.opts.ExtraMeta {
 		meta[k] = v
@@ -926,7 +926,7 @@ func TestConsulGarbageMeta(t *testing.T) {
 			bs := []*csBackend{
 				csStartBackend(t, ctx, c, svc, "0", csBackendOptions{}),
 				csStartBackend(t, ctx, c, svc, "1", csBackendOptions{}),
-				csStartBackend(t, ctx, c, svc, "garbage", csBackendOptions{ExtraMeta: map[string]string{wsbackend.MetaConnections: garbage}}),
+				csStartBackend(t, ctx, c, svc, "garbage", csBackendOptions{ExtraMeta: map[string]string{protocol.MetaConnections: garbage}}),
 			}
 			caddy := csCaddy(t, csBalancerSite(agent.Addr(), svc, ""))
 			csSeen(t, []*harness.Caddy{caddy}, 3, 30*time.Second)
@@ -955,7 +955,7 @@ func TestConsulGarbageMeta(t *testing.T) {
 				t.Fatal("Caddy exited")
 			default:
 			}
-			if garbage != "" && !strings.Contains(caddy.Log(), "ignoring malformed meta "+wsbackend.MetaConnections) {
+			if garbage != "" && !strings.Contains(caddy.Log(), "ignoring malformed meta "+protocol.MetaConnections) {
 				t.Error("the garbage report was not logged")
 			}
 		})

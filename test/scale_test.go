@@ -15,8 +15,8 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
 
 // clientDialer dials from several loopback source addresses so that the
@@ -29,7 +29,7 @@ func clientDialer(t *testing.T, first string, n int) *websocket.Dialer {
 		addrs = append(addrs, a)
 		a = a.Next()
 	}
-	sd, err := wsbackend.NewSourceDialer(addrs, 5*time.Second, 0)
+	sd, err := balancer.NewSourceDialer(addrs, 5*time.Second, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

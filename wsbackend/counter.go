@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 // Counter counts the live WebSocket connections of a backend: the number a
@@ -90,7 +92,7 @@ func (c *Counter) removeHook(h *counterHook) {
 // fits handlers that serve a connection until they return and handlers that
 // hand it to goroutines and return at once (gorilla's hub pattern).
 //
-// Only WebSocket upgrade requests (see IsUpgrade) are counted: other requests
+// Only WebSocket upgrade requests (see protocol.IsUpgrade) are counted: other requests
 // reach h untouched, and a handler that refuses an upgrade without hijacking
 // counts nothing. A connection h never closes stays counted, as it stays
 // open. Over HTTP/2 (RFC 8441) nothing is hijacked; count with Add.
@@ -99,7 +101,7 @@ func (c *Counter) removeHook(h *counterHook) {
 // http.Flusher and unwraps (for http.ResponseController) to the original.
 func (c *Counter) Wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !IsUpgrade(r) {
+		if !protocol.IsUpgrade(r) {
 			h.ServeHTTP(w, r)
 			return
 		}

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wsbalancer/caddy-wsbalancer/internal/retry"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 // Registration defaults; see RegistrationOptions.
@@ -53,7 +54,7 @@ type RegistrationOptions struct {
 	// "warning", which takes the instance out of ?passing answers.
 	Capacity int64
 	// Tags and Meta are passed through to Consul; Meta must not use the
-	// ws_* keys this package sets (see MetaConnections and the rest).
+	// ws_* keys this package sets (see protocol.MetaConnections and the rest).
 	Tags []string
 	Meta map[string]string
 
@@ -232,7 +233,7 @@ func (o *RegistrationOptions) setDefaults() error {
 	}
 	for k := range o.Meta {
 		switch k {
-		case MetaConnections, MetaCapacity, MetaURL, MetaDraining:
+		case protocol.MetaConnections, protocol.MetaCapacity, protocol.MetaURL, protocol.MetaDraining:
 			return fmt.Errorf("registration: Meta key %q is set by the registration itself", k)
 		}
 	}
@@ -288,18 +289,18 @@ func (r *Registration) registration(connections int64) *api.AgentServiceRegistra
 		meta[k] = v
 	}
 	if connections >= 0 {
-		meta[MetaConnections] = strconv.FormatInt(connections, 10)
+		meta[protocol.MetaConnections] = strconv.FormatInt(connections, 10)
 		// The Reporter read the count just before calling register.
-		meta[MetaCountedAt] = strconv.FormatInt(time.Now().UnixMilli(), 10)
+		meta[protocol.MetaCountedAt] = strconv.FormatInt(time.Now().UnixMilli(), 10)
 	}
 	if r.opts.Capacity > 0 {
-		meta[MetaCapacity] = strconv.FormatInt(r.opts.Capacity, 10)
+		meta[protocol.MetaCapacity] = strconv.FormatInt(r.opts.Capacity, 10)
 	}
 	if r.opts.PublicURL != "" {
-		meta[MetaURL] = r.opts.PublicURL
+		meta[protocol.MetaURL] = r.opts.PublicURL
 	}
 	if draining {
-		meta[MetaDraining] = "true"
+		meta[protocol.MetaDraining] = "true"
 	}
 	return &api.AgentServiceRegistration{
 		ID:      r.id,
@@ -311,7 +312,7 @@ func (r *Registration) registration(connections int64) *api.AgentServiceRegistra
 		Check: &api.AgentServiceCheck{
 			CheckID: r.checkID,
 			Name:    "WebSocket backend heartbeat",
-			Notes:   "TTL heartbeat; the load report balancers read is the service meta " + MetaConnections,
+			Notes:   "TTL heartbeat; the load report balancers read is the service meta " + protocol.MetaConnections,
 			TTL:     r.opts.TTL.String(),
 			// The status a heartbeat would give this count: passing from the
 			// start, so that the instance is usable at once, unless it is
@@ -487,7 +488,7 @@ func (r *Registration) setDraining(ctx context.Context, on bool) error {
 	r.draining = on
 	r.mu.Unlock()
 	if err := r.reporter.PublishNow(ctx); err != nil {
-		return fmt.Errorf("setting %s=%t on service %q: %w", MetaDraining, on, r.id, err)
+		return fmt.Errorf("setting %s=%t on service %q: %w", protocol.MetaDraining, on, r.id, err)
 	}
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 func TestMain(m *testing.M) { os.Exit(consuldev.Main(m)) }
@@ -110,7 +111,7 @@ func serviceCheck(t *testing.T, client *api.Client, name, checkID string) *api.H
 
 func hasConnections(id string, n int64) func([]*api.ServiceEntry) bool {
 	return func(entries []*api.ServiceEntry) bool {
-		v, _ := instanceMeta(entries, id, MetaConnections)
+		v, _ := instanceMeta(entries, id, protocol.MetaConnections)
 		return v == strconv.FormatInt(n, 10)
 	}
 }
@@ -330,13 +331,13 @@ func TestRegistrationLifecycle(t *testing.T) {
 
 	entries := watchHealth(ctx, t, client, svc, func(e []*api.ServiceEntry) bool { return len(e) == 1 })
 	got := entries[0].Service
-	wantMeta := map[string]string{MetaConnections: "3", MetaCapacity: "50", MetaURL: "ws://echo-1.example:9101/ws", "version": "1.2"}
+	wantMeta := map[string]string{protocol.MetaConnections: "3", protocol.MetaCapacity: "50", protocol.MetaURL: "ws://echo-1.example:9101/ws", "version": "1.2"}
 	for k, v := range wantMeta {
 		if got.Meta[k] != v {
 			t.Errorf("meta %s = %q, want %q", k, got.Meta[k], v)
 		}
 	}
-	if _, ok := got.Meta[MetaDraining]; ok {
+	if _, ok := got.Meta[protocol.MetaDraining]; ok {
 		t.Error("fresh registration carries ws_draining")
 	}
 	if got.ID != id || got.Address != "127.0.0.1" || got.Port != 9101 || len(got.Tags) != 1 {
@@ -350,14 +351,14 @@ func TestRegistrationLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	watchHealth(ctx, t, client, svc, func(e []*api.ServiceEntry) bool {
-		v, ok := instanceMeta(e, id, MetaDraining)
+		v, ok := instanceMeta(e, id, protocol.MetaDraining)
 		return ok && v == "true"
 	})
 	if err := reg.Undrain(ctx); err != nil {
 		t.Fatal(err)
 	}
 	watchHealth(ctx, t, client, svc, func(e []*api.ServiceEntry) bool {
-		v, ok := instanceMeta(e, id, MetaDraining)
+		v, ok := instanceMeta(e, id, protocol.MetaDraining)
 		return ok && v == ""
 	})
 
@@ -407,7 +408,10 @@ func TestRegistrationCapacityWarning(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer deregister(t, reg)
-	present := func(e []*api.ServiceEntry) bool { _, ok := instanceMeta(e, reg.ID(), MetaConnections); return ok }
+	present := func(e []*api.ServiceEntry) bool {
+		_, ok := instanceMeta(e, reg.ID(), protocol.MetaConnections)
+		return ok
+	}
 	watchHealth(ctx, t, client, svc, present)
 
 	full := time.Now()
@@ -546,7 +550,7 @@ func TestRegistrationAfterAgentRestart(t *testing.T) {
 					t.Fatalf("Drain of a forgotten service: %v", err)
 				}
 				return func(e []*api.ServiceEntry) bool {
-					v, _ := instanceMeta(e, reg.ID(), MetaDraining)
+					v, _ := instanceMeta(e, reg.ID(), protocol.MetaDraining)
 					return v == "true" && hasConnections(reg.ID(), 42)(e)
 				}
 			},
@@ -559,7 +563,7 @@ func TestRegistrationAfterAgentRestart(t *testing.T) {
 				c.Add(10)
 				return func(e []*api.ServiceEntry) bool {
 					for _, se := range e {
-						if se.Service.ID == reg.ID() && se.Service.Meta[MetaConnections] == "20" {
+						if se.Service.ID == reg.ID() && se.Service.Meta[protocol.MetaConnections] == "20" {
 							if status := se.Checks.AggregatedStatus(); status != api.HealthWarning {
 								t.Errorf("full backend registered again as %s, want warning", status)
 							}
@@ -579,7 +583,7 @@ func TestRegistrationAfterAgentRestart(t *testing.T) {
 				c.Add(100) // and nothing brings it back
 				time.Sleep(300 * time.Millisecond)
 				return func(e []*api.ServiceEntry) bool {
-					_, ok := instanceMeta(e, reg.ID(), MetaConnections)
+					_, ok := instanceMeta(e, reg.ID(), protocol.MetaConnections)
 					return !ok
 				}
 			},
@@ -762,7 +766,7 @@ func TestRegisterErrors(t *testing.T) {
 		{"no port", func(o *RegistrationOptions) { o.Port = 0 }, "Port 0 out of range"},
 		{"report interval not below TTL", func(o *RegistrationOptions) { o.TTL, o.ReportInterval = time.Second, time.Second }, "must be shorter than TTL"},
 		{"bad public URL", func(o *RegistrationOptions) { o.PublicURL = "http://x/" }, "not a ws:// or wss:// URL"},
-		{"reserved meta", func(o *RegistrationOptions) { o.Meta = map[string]string{MetaConnections: "1"} }, "set by the registration itself"},
+		{"reserved meta", func(o *RegistrationOptions) { o.Meta = map[string]string{protocol.MetaConnections: "1"} }, "set by the registration itself"},
 		{"refresh below publish interval", func(o *RegistrationOptions) {
 			o.MinPublishInterval, o.RefreshAfter = time.Second, time.Millisecond
 		}, "RefreshAfter"},

@@ -20,7 +20,7 @@ const (
 	// viewReported is this project's global view: the count a backend
 	// last reported, as far as it has reached this balancer, plus this
 	// balancer's own connections since the backend took that count
-	// (wsbackend.Backend.Load).
+	// (balancer.Backend.Load).
 	viewReported viewMode = iota
 	// viewExact is an oracle: every balancer knows every true load.
 	viewExact

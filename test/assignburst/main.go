@@ -29,7 +29,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/wsbalancer/caddy-wsbalancer/test/harness"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/client"
 )
 
 func main() {
@@ -90,7 +90,7 @@ func run(ctx context.Context, urls []string, n, conc int, over time.Duration) (*
 					time.Sleep(wait)
 				}
 				t0 := time.Now()
-				asg, err := wsbackend.RequestAssignment(ctx, urls[i%len(urls)], &wsbackend.AssignDialOptions{HTTPClient: hc})
+				asg, err := client.RequestAssignment(ctx, urls[i%len(urls)], &client.AssignDialOptions{HTTPClient: hc})
 				latencies[i] = time.Since(t0)
 				if err != nil {
 					fail(fmt.Errorf("assignment %d: %w", i, err))

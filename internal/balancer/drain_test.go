@@ -1,0 +1,57 @@
+package balancer
+
+import (
+	"testing"
+	"time"
+)
+
+func TestDrainedMark(t *testing.T) {
+	b := NewBackend("10.0.0.1:80")
+	u := &Upstream{Backend: b, ID: "a"}
+	now := time.Now()
+	if !u.Available(now) || u.IsDraining() || u.State(now) != "up" {
+		t.Fatal("fresh upstream not available")
+	}
+	if !b.SetDrained(true) || b.SetDrained(true) {
+		t.Fatal("SetDrained does not report changes")
+	}
+	if u.Available(now) || !u.IsDraining() || u.State(now) != "draining" {
+		t.Fatal("drained upstream still available")
+	}
+	// The mark is on the shared Backend: a new Upstream over it (a reload,
+	// a discovery change) sees it.
+	u2 := &Upstream{Backend: b, ID: "a"}
+	if u2.Available(now) {
+		t.Fatal("mark lost on a new Upstream")
+	}
+	if LeastLoaded([]*Upstream{u2}, now, nil) != nil {
+		t.Fatal("LeastLoaded chose a drained upstream")
+	}
+	b.SetDrained(false)
+	if !u2.Available(now) {
+		t.Fatal("undrained upstream not available")
+	}
+	if (&Upstream{Backend: b, Draining: true}).Available(now) {
+		t.Fatal("discovery's Draining ignored")
+	}
+}
+
+func TestRelayHook(t *testing.T) {
+	ended := 0
+	h := NewRelayHook(func() { ended++ })
+	if h.Adopted() {
+		t.Fatal("hook adopted early")
+	}
+	h.adopt()
+	h.end()
+	h.end()
+	if !h.Adopted() || ended != 1 {
+		t.Fatalf("adopted %v, ended %d times", h.Adopted(), ended)
+	}
+	var none *RelayHook
+	none.adopt()
+	none.end()
+	if none.Adopted() {
+		t.Fatal("nil hook misbehaves")
+	}
+}

@@ -1,0 +1,167 @@
+package balancer
+
+import (
+	"bufio"
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// IsExtendedConnect reports whether r opens a WebSocket over one stream of
+// an HTTP/2 connection (RFC 8441) or an HTTP/3 one (RFC 9220): a CONNECT
+// with the protocol "websocket". Go's HTTP/2 server accepts these only when
+// run with GODEBUG=http2xconnect=1; browsers use them when the server
+// offers them.
+func IsExtendedConnect(r *http.Request) bool {
+	if r.Method != http.MethodConnect {
+		return false
+	}
+	switch r.ProtoMajor {
+	case 2:
+		return strings.EqualFold(r.Header.Get(":protocol"), "websocket")
+	case 3:
+		// quic-go's HTTP/3 server puts :protocol in Proto.
+		return strings.EqualFold(r.Proto, "websocket")
+	}
+	return false
+}
+
+// websocketGUID is RFC 6455's magic string for Sec-WebSocket-Accept.
+const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+func acceptKey(key string) string {
+	h := sha1.Sum([]byte(key + websocketGUID))
+	return base64.StdEncoding.EncodeToString(h[:])
+}
+
+// upgradeForExtendedConnect returns the HTTP/1.1 upgrade a backend gets for
+// an extended CONNECT: the same target and end-to-end headers, GET, and a
+// fresh Sec-WebSocket-Key (the stream has none: RFC 8441 section 5), with
+// the Sec-WebSocket-Accept the backend must answer.
+func upgradeForExtendedConnect(r *http.Request) (*http.Request, string, *Error) {
+	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
+		e := newError(http.StatusBadRequest, "unsupported Sec-WebSocket-Version %q", v)
+		e.Header = http.Header{"Sec-Websocket-Version": {"13"}}
+		return nil, "", e
+	}
+	var nonce [16]byte
+	rand.Read(nonce[:])
+	key := base64.StdEncoding.EncodeToString(nonce[:])
+	up := r.Clone(r.Context())
+	up.Method = http.MethodGet
+	up.Body = http.NoBody
+	up.Header.Del(":protocol")
+	up.Header.Set("Sec-WebSocket-Key", key)
+	return up, acceptKey(key), nil
+}
+
+// startStream answers an extended CONNECT with the backend's choices (200
+// and its headers, not 101) and relays between the stream and the backend.
+// Unlike a hijacked connection, the stream lives only as long as the
+// handler: startStream returns when the relay has ended.
+func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream, backend net.Conn, resp *http.Response, br *bufio.Reader, accept string, hook *RelayHook) error {
+	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != accept {
+		p.dropBackend(u, backend, br)
+		return &Error{Status: http.StatusBadGateway, Err: fmt.Errorf("backend %s answered the upgrade with Sec-WebSocket-Accept %q, want %q", u.Addr(), got, accept)}
+	}
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	connection := resp.Header["Connection"]
+	for name, values := range resp.Header {
+		if !isHopHeader(connection, name) && name != "Sec-Websocket-Accept" {
+			h[name] = values
+		}
+	}
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		p.dropBackend(u, backend, br)
+		return nil // the status line may be out: nothing more can go to the client
+	}
+	client := newStreamConn(r, w, rc)
+	hook.adopt()
+
+	b := u.Backend
+	ended := make(chan struct{})
+	rl := p.newRelay(b, hook, func() { close(ended) })
+	var err error
+	if early := rl.down.early(br); len(early) > 0 {
+		_, err = client.Write(early)
+	}
+	putReader(br)
+	if err != nil {
+		p.abandonRelay(b, client, backend, hook)
+		return nil
+	}
+	p.outcome(b.Addr(), OutcomeOK)
+	rl.start(client, backend)
+	b.track(rl)
+	<-ended
+	return nil
+}
+
+// streamConn is the client's side of an extended CONNECT as a net.Conn:
+// reads from the request body, writes to the response, flushed.
+type streamConn struct {
+	body   io.ReadCloser
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	remote net.Addr
+
+	mu        sync.Mutex // serializes writes with Close
+	closed    bool
+	closeOnce sync.Once
+}
+
+func newStreamConn(r *http.Request, w http.ResponseWriter, rc *http.ResponseController) *streamConn {
+	remote, err := net.ResolveTCPAddr("tcp", r.RemoteAddr)
+	if err != nil {
+		remote = &net.TCPAddr{}
+	}
+	return &streamConn{body: r.Body, w: w, rc: rc, remote: remote}
+}
+
+func (c *streamConn) Read(b []byte) (int, error) { return c.body.Read(b) }
+
+func (c *streamConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	n, err := c.w.Write(b)
+	if err == nil {
+		err = c.rc.Flush()
+	}
+	return n, err
+}
+
+// Close ends the stream's relay: a write in progress is cut short, none
+// follows (the handler returns once the relay has ended, and a response
+// must not be written after that), and a read in progress returns.
+func (c *streamConn) Close() error {
+	c.closeOnce.Do(func() {
+		c.rc.SetWriteDeadline(aLongTimeAgo)
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		c.body.Close()
+	})
+	return nil
+}
+
+func (c *streamConn) LocalAddr() net.Addr  { return &net.TCPAddr{} }
+func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
+
+// SetDeadline and SetReadDeadline set only the write deadline: an HTTP/2
+// read deadline that passes ends the stream's body for good, so the relay
+// never drains a stream with one (see goPipe.readBlocking).
+func (c *streamConn) SetDeadline(t time.Time) error      { return c.rc.SetWriteDeadline(t) }
+func (c *streamConn) SetReadDeadline(t time.Time) error  { return nil }
+func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.rc.SetWriteDeadline(t) }

@@ -1,0 +1,46 @@
+package balancer
+
+import (
+	"crypto/tls"
+	"sync"
+	"sync/atomic"
+)
+
+// defaultTLSConfig is what wss backends get without ProxyOptions.TLSConfig:
+// the system's roots, and a session cache (every client connection is a new
+// backend connection; resumption spares most of them a full handshake).
+var defaultTLSConfig = &tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(0)}
+
+// tlsConfigs hands out the TLS config for each backend host name: the
+// configured one when it names its server, else a copy with ServerName set
+// to the host, made once per host rather than per dial (a config is large,
+// and the copies share its session cache, so resumption works across
+// connections).
+type tlsConfigs struct {
+	byHost sync.Map // host name -> *tls.Config
+	n      atomic.Int32
+}
+
+// maxTLSHosts bounds the cached copies: discovered backends come and go,
+// and past this many hosts a dial clones rather than grow the cache.
+const maxTLSHosts = 4096
+
+func (c *tlsConfigs) get(cfg *tls.Config, host string) *tls.Config {
+	if cfg == nil {
+		cfg = defaultTLSConfig
+	}
+	if cfg.ServerName != "" {
+		return cfg
+	}
+	if v, ok := c.byHost.Load(host); ok {
+		return v.(*tls.Config)
+	}
+	hc := cfg.Clone()
+	hc.ServerName = host
+	if c.n.Add(1) <= maxTLSHosts {
+		if v, loaded := c.byHost.LoadOrStore(host, hc); loaded {
+			return v.(*tls.Config)
+		}
+	}
+	return hc
+}

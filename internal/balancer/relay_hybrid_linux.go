@@ -1,0 +1,430 @@
+package balancer
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
+)
+
+// The hybrid relay serves connections the event loop cannot relay by
+// itself: those with a TLS side (an HTTPS site's clients, wss backends),
+// whose bytes only crypto/tls can read and write. The loop watches both
+// sockets; while a side is idle it holds no goroutine and no buffer. When
+// a socket becomes readable, one goroutine reads what is there (through
+// the tls.Conn for a TLS side, with plain non-blocking reads otherwise)
+// into pooled buffers, writes it to the other side, and ends, re-arming the
+// watch. An idle connection so costs its records and Go's TLS state, not
+// two goroutine stacks and a read buffer as with the goroutine pair.
+//
+// At most one goroutine per direction runs (running). A plain side is
+// watched edge-triggered: every arrival of bytes is an event, and a read
+// that returns less than asked for has emptied the socket, so the goroutine
+// stops there; an event while it runs (again) makes it read once more. A
+// TLS side cannot be read that way: crypto/tls reads the socket in chunks
+// of its own, which may stop short of what is queued. It is watched one
+// shot (EPOLLONESHOT) and re-armed when its goroutine is done, which
+// reports a socket still readable at once (level-triggered). What the
+// socket cannot report, records the tls.Conn read from it along with the
+// last one, tlsBuffered does: the goroutine reads on while the tls.Conn
+// holds bytes.
+//
+// The sockets stay Go's: the loop registers Go's own descriptors, so Go's
+// reads, writes, deadlines and Close work as for any connection. Every
+// change of a watch goes through the descriptor's RawConn.Control, which
+// holds the descriptor open for its duration, and the sockets close only
+// after the loop has removed them from epoll: a number reused by another
+// connection is never touched.
+
+// The watches on a hybrid side: readable or peer closed, one shot for TLS,
+// edge-triggered for plain TCP.
+const (
+	hyEventsTLS   = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT
+	hyEventsPlain = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+)
+
+// hyRelay is the hybrid state of a relay.
+type hyRelay struct {
+	loop            *evLoop
+	client, backend net.Conn
+	up, down        hyPipe // up reads the client, down the backend
+	closeFn         func()
+}
+
+// hyPipe is one direction of a hybrid relay: it watches src's socket.
+type hyPipe struct {
+	*pipe
+	h        *hyRelay
+	src, dst net.Conn
+	tls      *tls.Conn // src, when it is TLS
+	raw      syscall.RawConn
+	fd       int // src's descriptor (Go's)
+
+	// mu serializes writes to dst between the pipe and closeWith.
+	mu sync.Mutex
+	// running is set while a goroutine moves bytes (or is being started);
+	// again, by an event that comes meanwhile (plain sides).
+	running, again atomic.Bool
+
+	// Prepared once, so that no closure is allocated per event.
+	armFn  func(fd uintptr)
+	readFn func(fd uintptr) bool
+	// State of a plain read (readFn).
+	rb   []byte
+	rn   int
+	rerr error
+}
+
+// socketOf returns the socket under c: c itself if plain TCP, its NetConn
+// if c is TLS over TCP. ok is false for anything else (an HTTP/2 stream).
+func socketOf(c net.Conn) (tc *tls.Conn, raw syscall.RawConn, fd int, ok bool) {
+	sock := c
+	if t, isTLS := c.(*tls.Conn); isTLS {
+		tc, sock = t, t.NetConn()
+	}
+	tcp, isTCP := sock.(*net.TCPConn)
+	if !isTCP {
+		return nil, nil, -1, false
+	}
+	raw, err := tcp.SyscallConn()
+	if err != nil {
+		return nil, nil, -1, false
+	}
+	if raw.Control(func(s uintptr) { fd = int(s) }) != nil {
+		return nil, nil, -1, false
+	}
+	return tc, raw, fd, true
+}
+
+// startHybrid hands the relay to the hybrid relay if both connections sit
+// on TCP sockets and at least one is TLS (plain pairs go to the event loop
+// proper); it reports false, changing nothing, otherwise.
+func (r *relay) startHybrid(client, backend net.Conn) bool {
+	if eventLoopOff.Load() || !tlsPeek.ok || eventLoopErr() != nil {
+		return false
+	}
+	ctls, craw, cfd, ok1 := socketOf(client)
+	btls, braw, bfd, ok2 := socketOf(backend)
+	if !ok1 || !ok2 || (ctls == nil && btls == nil) {
+		return false
+	}
+	h := &hyRelay{loop: evLoops[evNext.Add(1)%uint64(len(evLoops))], client: client, backend: backend}
+	h.closeFn = h.closeConns
+	h.up.init(h, &r.up, backend, client, ctls, craw, cfd)
+	h.down.init(h, &r.down, client, backend, btls, braw, bfd)
+	r.hy = h
+	// Bytes the TLS layer read along with the handshake or the request
+	// wait there; the socket will not report them. (Checked before the
+	// loop can start a reader.)
+	var buffered [2]bool
+	for i, p := range []*hyPipe{&h.up, &h.down} {
+		buffered[i] = p.tls != nil && tlsBuffered(p.tls)
+	}
+	h.loop.post(func() {
+		for _, p := range []*hyPipe{&h.up, &h.down} {
+			h.loop.setSide(p.fd, p)
+			ev := unix.EpollEvent{Events: p.events(), Fd: int32(p.fd)}
+			if err := unix.EpollCtl(h.loop.epfd, unix.EPOLL_CTL_ADD, p.fd, &ev); err != nil {
+				h.shutdown("registering with epoll failed: " + err.Error())
+				return
+			}
+		}
+	})
+	for i, p := range []*hyPipe{&h.up, &h.down} {
+		if buffered[i] {
+			p.wake()
+		}
+	}
+	return true
+}
+
+func (p *hyPipe) init(h *hyRelay, shared *pipe, dst, src net.Conn, tc *tls.Conn, raw syscall.RawConn, fd int) {
+	p.pipe, p.h, p.dst, p.src, p.tls, p.raw, p.fd = shared, h, dst, src, tc, raw, fd
+	p.armFn = p.arm
+	if tc == nil {
+		p.readFn = p.readReady
+	}
+}
+
+func (p *hyPipe) events() uint32 {
+	if p.tls != nil {
+		return hyEventsTLS
+	}
+	return hyEventsPlain
+}
+
+// onEvents is the loop reporting src readable (or closed, or failed).
+func (p *hyPipe) onEvents(l *evLoop, events uint32) {
+	if p.wake() {
+		l.spawned = true
+	}
+}
+
+// wake has a worker move bytes, unless one does already: that one reads
+// again (plain) or re-arms the watch (TLS) when done, which reports
+// anything still unread. It reports whether it started a goroutine.
+func (p *hyPipe) wake() bool {
+	p.again.Store(true)
+	if !p.running.CompareAndSwap(false, true) {
+		return false
+	}
+	select {
+	case hyWork <- p:
+		return false
+	default:
+		go hyWorker(p)
+		return true
+	}
+}
+
+// Workers move bytes for hybrid relays: goroutines kept between wake-ups,
+// up to hyMaxIdle of them idle. A goroutine started per wake-up begins with
+// a small stack, which crypto/tls grows (by copying) every time: that was
+// 17% of the CPU per message in BenchmarkRelayEchoTLS (CPU profile).
+var (
+	hyWork    = make(chan *hyPipe)
+	hyIdle    atomic.Int32
+	hyMaxIdle = int32(16 * runtime.GOMAXPROCS(0))
+)
+
+func hyWorker(p *hyPipe) {
+	for {
+		p.pump()
+		if hyIdle.Add(1) > hyMaxIdle {
+			hyIdle.Add(-1)
+			return
+		}
+		p = <-hyWork
+		hyIdle.Add(-1)
+	}
+}
+
+func (p *hyPipe) pump() {
+	for {
+		if p.r.closing.Load() {
+			return
+		}
+		if p.tls != nil {
+			if !p.moveTLS() {
+				return // the relay ended; nothing to re-arm
+			}
+			p.running.Store(false)
+			// Holds the descriptor open: once the relay has closed it,
+			// this does nothing.
+			p.raw.Control(p.armFn)
+			return
+		}
+		p.again.Store(false)
+		if !p.movePlain() {
+			return
+		}
+		p.running.Store(false)
+		// An event since again was cleared may be for bytes that came
+		// after the last read: read once more, unless a new worker does.
+		if !p.again.Load() || !p.running.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+func (p *hyPipe) arm(fd uintptr) {
+	ev := unix.EpollEvent{Events: hyEventsTLS, Fd: int32(fd)}
+	// ENOENT: the relay ended and the loop removed the watch already.
+	unix.EpollCtl(p.h.loop.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+}
+
+// hySmallSize is the first read of a side per wake-up, from a pool of
+// small buffers. Most messages fit, and the 32 KB buffers are taken only
+// for what is longer: when thousands of connections wake at once, each
+// running worker holds 2 KB, not 32. A TLS record that is still arriving
+// (or a client that never sends its end) holds 2 KB while its worker waits
+// for the rest.
+const hySmallSize = 2 << 10
+
+var hySmallPool = sync.Pool{New: func() any { return new([hySmallSize]byte) }}
+
+// moveTLS reads the records that are ready, and those the tls.Conn holds
+// beyond them, and writes them to dst; it reports false if the relay ended.
+func (p *hyPipe) moveTLS() bool {
+	small := hySmallPool.Get().(*[hySmallSize]byte)
+	n, err := p.tls.Read(small[:])
+	ok := n == 0 || p.send(small[:n])
+	hySmallPool.Put(small)
+	if ok && err == nil && tlsBuffered(p.tls) {
+		buf := getRelayBuf()
+		for ok && err == nil && tlsBuffered(p.tls) {
+			n, err = p.tls.Read(*buf)
+			ok = n == 0 || p.send((*buf)[:n])
+		}
+		putRelayBuf(buf)
+	}
+	return ok && p.ended(err)
+}
+
+// movePlain reads src until a read returns less than it asked for (the
+// socket is empty then) and writes it to dst; it reports false if the
+// relay ended.
+func (p *hyPipe) movePlain() bool {
+	small := hySmallPool.Get().(*[hySmallSize]byte)
+	n, err := p.readPlain(small[:])
+	ok := n == 0 || p.send(small[:n])
+	hySmallPool.Put(small)
+	if ok && err == nil && n == hySmallSize {
+		buf := getRelayBuf()
+		for ok && err == nil && n > 0 {
+			n, err = p.readPlain(*buf)
+			ok = n == 0 || p.send((*buf)[:n])
+		}
+		putRelayBuf(buf)
+	}
+	return ok && p.ended(err)
+}
+
+// ended handles the error of a read: nil means the source goes on (true),
+// anything else ends it (false).
+func (p *hyPipe) ended(err error) bool {
+	if err != nil {
+		p.srcEnded(err)
+		return false
+	}
+	return true
+}
+
+// readPlain reads what src has, without waiting: 0 and no error if it has
+// nothing.
+func (p *hyPipe) readPlain(b []byte) (int, error) {
+	p.rb, p.rn, p.rerr = b, 0, nil
+	if err := p.raw.Read(p.readFn); err != nil {
+		return 0, err
+	}
+	p.rb = nil
+	return p.rn, p.rerr
+}
+
+// readReady is readPlain's RawConn callback: one non-blocking read. Unlike
+// goPipe's, it never asks to wait: nothing to read is a result.
+func (p *hyPipe) readReady(fd uintptr) bool {
+	for {
+		n, err := read(int(fd), p.rb)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+		case err != nil:
+			p.rerr = err
+		case n == 0:
+			p.rerr = io.EOF
+		default:
+			p.rn = n
+		}
+		return true
+	}
+}
+
+// send writes b to dst; it reports false (and ends the relay) if it failed.
+func (p *hyPipe) send(b []byte) bool {
+	p.mu.Lock()
+	var err error
+	if p.r.closing.Load() {
+		err = net.ErrClosed
+	} else {
+		p.frames.observe(b)
+		_, err = p.dst.Write(b)
+	}
+	p.mu.Unlock()
+	p.bytes.Add(uint64(len(b)))
+	p.r.lastActive.Store(time.Now().UnixNano())
+	if err != nil {
+		p.h.shutdown(p.side(false) + " write failed")
+		return false
+	}
+	return true
+}
+
+// srcEnded: as goPipe.srcEnded.
+func (p *hyPipe) srcEnded(err error) {
+	if p.r.closing.Load() {
+		return
+	}
+	code, reason := uint16(protocol.CloseGoingAway), p.side(true)+" closed the connection"
+	if !errors.Is(err, io.EOF) {
+		code, reason = protocol.CloseInternalError, p.side(true)+" connection failed"
+	}
+	p.mu.Lock()
+	p.injectClose(code, reason)
+	p.mu.Unlock()
+	p.h.shutdown(reason)
+}
+
+// injectClose: as goPipe.injectClose. Caller holds p.mu.
+func (p *hyPipe) injectClose(code uint16, reason string) {
+	if !p.frames.atBoundary() || p.frames.closeSeen {
+		return
+	}
+	p.dst.SetWriteDeadline(time.Now().Add(closeGrace))
+	if _, err := p.dst.Write(closeFrame(code, reason, p.toServer)); err == nil {
+		p.frames.closeSeen = true
+	}
+}
+
+// shutdown ends the relay once: see release.
+func (h *hyRelay) shutdown(reason string) {
+	r := h.up.r
+	r.endOnce.Do(func() { r.endReason = reason })
+	if r.closing.CompareAndSwap(false, true) {
+		h.release()
+	}
+}
+
+// closeWith: as goRelay.closeWith, the sockets closing through release.
+func (h *hyRelay) closeWith(code uint16, reason string) {
+	r := h.up.r
+	if !r.closing.CompareAndSwap(false, true) {
+		return
+	}
+	r.endOnce.Do(func() { r.endReason = "closed by balancer" })
+	// A goroutine blocked writing to a peer that stopped reading holds its
+	// pipe's lock; the deadline frees it within closeGrace.
+	deadline := time.Now().Add(closeGrace)
+	h.client.SetWriteDeadline(deadline)
+	h.backend.SetWriteDeadline(deadline)
+	h.down.mu.Lock()
+	h.down.injectClose(code, reason)
+	h.down.mu.Unlock()
+	h.up.mu.Lock()
+	h.up.injectClose(code, reason)
+	h.up.mu.Unlock()
+	h.release()
+}
+
+// release has the loop remove both watches, then closes both connections
+// (in a goroutine: closing a tls.Conn may wait to send its close_notify)
+// and finishes the relay. A goroutine still moving bytes then fails and
+// ends.
+func (h *hyRelay) release() {
+	h.loop.post(func() {
+		for _, p := range []*hyPipe{&h.up, &h.down} {
+			if h.loop.side(p.fd) == evTarget(p) {
+				h.loop.setSide(p.fd, nil)
+				unix.EpollCtl(h.loop.epfd, unix.EPOLL_CTL_DEL, p.fd, nil)
+			}
+		}
+		go h.closeFn()
+	})
+}
+
+func (h *hyRelay) closeConns() {
+	h.client.Close()
+	h.backend.Close()
+	r := h.up.r
+	r.finish(r.endReason)
+}

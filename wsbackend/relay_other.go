@@ -1,8 +1,0 @@
-//go:build !unix
-
-package wsbackend
-
-// rawReads is false here: pipes read through net.Conn with a pooled buffer.
-const rawReads = false
-
-func (p *goPipe) readReady(fd uintptr) bool { return true }

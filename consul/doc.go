@@ -4,9 +4,9 @@
 // (GET /v1/health/service/:name?passing) and tells its subscribers when the
 // set, or anything the balancer reads from it, changes. A [Source] turns each
 // set into the [balancer.Upstream]s a proxy chooses from, and feeds the load
-// every backend publishes in its service meta (see wsbackend's report
-// protocol: ws_connections, ws_capacity, ws_url, ws_draining) into the shared
-// [balancer.Backend] state.
+// every backend publishes in its service meta (the keys of package
+// protocol: ws_connections, ws_counted_at, ws_capacity, ws_url, ws_draining)
+// into the shared [balancer.Backend] state.
 //
 // # Blocking-query discipline
 //

@@ -157,7 +157,7 @@ func TestAssignBurstSpreadsEvenly(t *testing.T) {
 	// A machine too busy to make 3000 assignments in about a second
 	// stretches the burst over a report cycle, where reports reach the two
 	// balancers at different times; the share estimate and the growth
-	// covering keep that within the same bound (wsbackend's simulation:
+	// covering keep that within the same bound (internal/balancer's simulation:
 	// under 3% for bursts of 2.4 to 10 s).
 	const slack = 100
 	var sum int64

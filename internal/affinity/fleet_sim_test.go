@@ -298,7 +298,7 @@ func (s *fleetSim) open(bi, key int, warm bool) {
 			break
 		}
 		// The dial fails; the balancer marks the backend down, as
-		// wsbackend's passive health check does, and tries again.
+		// internal/balancer's passive health check does, and tries again.
 		b.view[g].down = true
 		s.res.failedDials++
 	}

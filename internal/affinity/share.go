@@ -2,8 +2,8 @@ package affinity
 
 import "math"
 
-// Bounds of TrafficShare, the same as those of wsbackend's share estimate
-// for assign mode.
+// Bounds of TrafficShare, the same as those of the balancer's share estimate
+// for assign mode (internal/balancer).
 const (
 	// MinOwnForShare is how many connections a balancer must hold before
 	// TrafficShare trusts the ratio: one that just started holds a handful,

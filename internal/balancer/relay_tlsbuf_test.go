@@ -92,7 +92,7 @@ func TestTLSBufferedPeek(t *testing.T) {
 // server-side TLS state (tls.Conn, two AES-GCM states, secrets and record
 // buffers) and the TCP connection under it, live heap per connection after
 // a handshake and one message each way, measured (go test -run
-// ConnStateSize -v ./wsbackend), for a client offering X25519 only and one
+// ConnStateSize -v ./internal/balancer), for a client offering X25519 only and one
 // offering Go's defaults (X25519MLKEM768 first, as browsers do now: a
 // larger key share, larger handshake buffers kept). With Go's default GOGC
 // the heap peaks at twice the live heap, so a Go proxy's RSS per

@@ -1,11 +1,14 @@
 // Package protocol is the wire contract between ws_balancer and its
 // backends and clients, defined once: the Consul service meta keys a
-// backend reports its load with, the JSON answer of /assign, and the close
-// codes the balancer sends. The claims of the tokens it signs are in
-// package token. Everything here is plain data with no dependencies, so the
-// balancer, the backend library (package wsbackend), the client helper
-// (package client) and backends in any language (docs/protocol.md) all
-// read the same definitions.
+// backend reports its load with, the JSON answer of /assign, the close
+// codes the balancer sends, and what counts as a WebSocket upgrade
+// request. The claims of the tokens it signs are in package token.
+//
+// It imports nothing beyond the standard library, so the balancer
+// (internal/balancer), discovery (consul), the backend library (wsbackend)
+// and the client (wsbackend/client) all import the same definitions without
+// pulling in each other; backends in other languages follow
+// docs/protocol.md.
 package protocol
 
 import "time"

@@ -318,7 +318,7 @@ func startHealthBackend(t *testing.T) *healthBackend {
 func TestHealthChecksThroughCaddy(t *testing.T) {
 	a, b := startHealthBackend(t), startHealthBackend(t)
 	base := runCaddy(t, func(port int) string {
-		return fmt.Sprintf(`:%d {
+		return fmt.Sprintf(`http://127.0.0.1:%d {
 	ws_balancer /ws {
 		backends %s %s
 		health_uri /healthz

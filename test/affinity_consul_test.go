@@ -42,7 +42,7 @@ func adminBackends(t *testing.T, c *harness.Caddy) ([]adminBackend, []map[string
 	return typed.Backends, raw.Backends
 }
 
-// Acceptance 6 of issue 14, through Consul: three cmd/wsecho backends
+// Capacity weighting through Consul: three cmd/wsecho backends
 // register through the project's library with capacities 4,000, 2,000 and
 // 1,000 (meta ws_capacity); two Caddy instances watch them with a consul
 // block and weight least connections by the reported capacity. 700

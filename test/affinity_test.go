@@ -110,7 +110,7 @@ func loadsOf(ps []placement) map[string]int {
 	return m
 }
 
-// Acceptance 1 of issue 14: 2 instances, 5 backends, 1,000 connections over
+// Key placement across instances: 2 instances, 5 backends, 1,000 connections over
 // 100 keys in random order through both instances alternately, all held.
 func TestAffinityKeyPlacementAcrossInstances(t *testing.T) {
 	t.Parallel()
@@ -195,7 +195,7 @@ func sortedLoads(m map[string]int, ids []string) []int {
 	return out
 }
 
-// Acceptance 2: a hot key with 40% of 600 connections.
+// A hot key with 40% of 600 connections.
 func TestAffinityHotKeySpillsAlongTheRing(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
@@ -252,7 +252,7 @@ func subset(a, b map[string]int) bool {
 	return true
 }
 
-// Acceptance 3: churn with 10 backends and 500 keys of one connection.
+// Churn with 10 backends and 500 keys of one connection.
 func TestAffinityChurnMovesFewKeys(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
@@ -340,7 +340,7 @@ func waitNoLive(t *testing.T, ctx context.Context, c *harness.Caddy) {
 	}
 }
 
-// Acceptance 5: in assign mode, the same key gets the same backend, and
+// In assign mode, the same key gets the same backend, and
 // the answer sets the sticky cookie. Each assignment counts against its
 // backend for assign_hold, and with a handful of assignments the bound is 1
 // or 2: a short hold keeps this a test of the mapping, not of the bound
@@ -374,13 +374,17 @@ func TestAffinityAssignSameKeySameBackend(t *testing.T) {
 	distinct := map[string]bool{}
 	for r := range 10 {
 		room := fmt.Sprintf("room-%d", r)
+		// Every assignment waits out the previous one's hold (100 ms
+		// slots), the previous room's included: a room whose main backend
+		// still held the last room's assignment would spill (bound 1).
+		time.Sleep(250 * time.Millisecond)
 		first, cookies := assign(room)
 		distinct[first] = true
 		if len(cookies) != 1 || cookies[0].Name != "wsb_affinity" || !cookies[0].HttpOnly || strings.Contains(cookies[0].Value, "127.0.0.1") {
 			t.Errorf("assign answer cookies %v", cookies)
 		}
 		for range 4 {
-			time.Sleep(250 * time.Millisecond) // the previous hold ends (100 ms slots)
+			time.Sleep(250 * time.Millisecond)
 			if again, _ := assign(room); again != first {
 				t.Errorf("room %s: assigned %s, then %s", room, first, again)
 			}
@@ -389,7 +393,7 @@ func TestAffinityAssignSameKeySameBackend(t *testing.T) {
 	t.Logf("10 rooms × 5 assignments each: every room kept its backend; %d distinct backends", len(distinct))
 }
 
-// Acceptance 6, static half: weights 4:2:1 fill 700 connections through
+// Static weights 4:2:1 fill 700 connections through
 // two balancers in about 400:200:100.
 func TestAffinityStaticWeightsFillProportionally(t *testing.T) {
 	t.Parallel()

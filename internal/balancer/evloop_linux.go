@@ -42,6 +42,9 @@ type evLoop struct {
 
 	mu   sync.Mutex
 	cmds []func()
+	// regs are sides to enter in sides before the loop handles its next
+	// events (register): they need no wake-up.
+	regs []evReg
 
 	// Owned by the loop goroutine:
 	// sides maps a descriptor to what its events go to. Descriptors are
@@ -53,6 +56,12 @@ type evLoop struct {
 	// spawned: the batch started goroutines (hybrid relay workers); the
 	// loop lets them run before it takes the next batch (see run).
 	spawned bool
+}
+
+// evReg is a registration waiting in evLoop.regs.
+type evReg struct {
+	fd int
+	t  evTarget
 }
 
 // evTarget is what the loop hands a descriptor's events to: a side of a
@@ -212,17 +221,25 @@ func (r *relay) startEventLoop(client, backend net.Conn) bool {
 	e.client = evSide{r: r, fd: cfd, peer: &e.server, in: &r.up}
 	e.server = evSide{r: r, fd: sfd, peer: &e.client, in: &r.down}
 	r.ev.Store(e)
-	l.post(func() {
-		for _, s := range []*evSide{&e.client, &e.server} {
-			l.setSide(s.fd, s)
-			s.events = unix.EPOLLIN | unix.EPOLLRDHUP
-			ev := unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}
-			if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
-				l.end(e, "registering with epoll failed: "+err.Error())
-				return
+	// Added to epoll here, and entered in the loop's sides only when it
+	// next takes events (register): an upgrade does not wake the loop.
+	// The watch is level-triggered, so an event the loop gets before it
+	// knows the side, which it drops, comes again.
+	for i, s := range []*evSide{&e.client, &e.server} {
+		s.events = unix.EPOLLIN | unix.EPOLLRDHUP
+		ev := unix.EpollEvent{Events: s.events, Fd: int32(s.fd)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+			if i == 1 {
+				unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, e.client.fd, nil)
 			}
+			unix.Close(cfd)
+			unix.Close(sfd)
+			r.closing.Store(true) // not to be tracked
+			r.finish("registering with epoll failed: " + err.Error())
+			return true
 		}
-	})
+	}
+	l.register(e.client.fd, &e.client, e.server.fd, &e.server)
 	return true
 }
 
@@ -245,6 +262,15 @@ func (l *evLoop) setSide(fd int, s evTarget) {
 	l.sides[fd] = s
 }
 
+// register enters two sides in the loop's sides before it handles its next
+// events, without waking it: until an event comes, it has nothing to do
+// with them.
+func (l *evLoop) register(fd1 int, t1 evTarget, fd2 int, t2 evTarget) {
+	l.mu.Lock()
+	l.regs = append(l.regs, evReg{fd1, t1}, evReg{fd2, t2})
+	l.mu.Unlock()
+}
+
 // post runs f on the loop goroutine.
 func (l *evLoop) post(f func()) {
 	l.mu.Lock()
@@ -257,6 +283,7 @@ func (l *evLoop) post(f func()) {
 func (l *evLoop) run() {
 	events := make([]unix.EpollEvent, 256)
 	var cmds []func()
+	var regs []evReg
 	var n int
 	var werr error
 	wait := func(fd uintptr) bool {
@@ -278,6 +305,14 @@ func (l *evLoop) run() {
 		// One clock read per batch: activity times are for idle timeouts
 		// of minutes, and a read per message is a visible cost.
 		l.now = time.Now().UnixNano()
+		// Registrations first: any event of this batch may be for them.
+		l.mu.Lock()
+		regs, l.regs = l.regs, regs[:0]
+		l.mu.Unlock()
+		for _, g := range regs {
+			l.setSide(g.fd, g.t)
+		}
+		clear(regs)
 		for i := range n {
 			ev := &events[i]
 			if int(ev.Fd) == l.wakefd {

@@ -108,11 +108,18 @@ func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream,
 
 // streamConn is the client's side of an extended CONNECT as a net.Conn:
 // reads from the request body, writes to the response, flushed.
+//
+// Writes go through w and the handler chain's writers; deadlines go to the
+// innermost writer (net/http's, which serializes them with the stream's own
+// work). Wrappers such as Caddy's idle-timeout writer keep deadline state
+// that is not safe for concurrent use, and a net.Conn's deadlines are set
+// from other goroutines than its writer's (Close cuts a write short).
 type streamConn struct {
-	body   io.ReadCloser
-	w      http.ResponseWriter
-	rc     *http.ResponseController
-	remote net.Addr
+	body      io.ReadCloser
+	w         http.ResponseWriter
+	rc        *http.ResponseController // flushes through the chain
+	deadlines *http.ResponseController // the innermost writer's
+	remote    net.Addr
 
 	mu        sync.Mutex // serializes writes with Close
 	closed    bool
@@ -124,7 +131,15 @@ func newStreamConn(r *http.Request, w http.ResponseWriter, rc *http.ResponseCont
 	if err != nil {
 		remote = &net.TCPAddr{}
 	}
-	return &streamConn{body: r.Body, w: w, rc: rc, remote: remote}
+	inner := w
+	for {
+		u, ok := inner.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		inner = u.Unwrap()
+	}
+	return &streamConn{body: r.Body, w: w, rc: rc, deadlines: http.NewResponseController(inner), remote: remote}
 }
 
 func (c *streamConn) Read(b []byte) (int, error) { return c.body.Read(b) }
@@ -147,7 +162,7 @@ func (c *streamConn) Write(b []byte) (int, error) {
 // must not be written after that), and a read in progress returns.
 func (c *streamConn) Close() error {
 	c.closeOnce.Do(func() {
-		c.rc.SetWriteDeadline(aLongTimeAgo)
+		c.deadlines.SetWriteDeadline(aLongTimeAgo)
 		c.mu.Lock()
 		c.closed = true
 		c.mu.Unlock()
@@ -162,6 +177,6 @@ func (c *streamConn) RemoteAddr() net.Addr { return c.remote }
 // SetDeadline and SetReadDeadline set only the write deadline: an HTTP/2
 // read deadline that passes ends the stream's body for good, so the relay
 // never drains a stream with one (see goPipe.readBlocking).
-func (c *streamConn) SetDeadline(t time.Time) error      { return c.rc.SetWriteDeadline(t) }
+func (c *streamConn) SetDeadline(t time.Time) error      { return c.deadlines.SetWriteDeadline(t) }
 func (c *streamConn) SetReadDeadline(t time.Time) error  { return nil }
-func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.rc.SetWriteDeadline(t) }
+func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.deadlines.SetWriteDeadline(t) }

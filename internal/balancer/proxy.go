@@ -286,15 +286,17 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 		p.dropBackend(u, backend, br)
 		return &Error{Status: http.StatusInternalServerError, Err: fmt.Errorf("hijacking client connection: %w", err)}
 	}
-	// The server's read and write timeouts must not cut a long-lived
-	// connection: deadlines are the relay's business now.
-	client.SetDeadline(time.Time{})
+	// (net/http clears the server's read and write deadlines on hijack:
+	// deadlines are the relay's business now.)
 	hook.adopt()
 
 	b := u.Backend
 	rl := p.newRelay(b, hook, nil)
 
-	head := append(appendResponseHead(make([]byte, 0, 512), resp), rl.down.early(br)...)
+	// The head goes out through the 4 KB buffer of the bufio.Writer that
+	// net/http allocated for the connection and hands over with it, unused
+	// otherwise.
+	head := append(appendResponseHead(brw.Writer.AvailableBuffer(), resp), rl.down.early(br)...)
 	putReader(br)
 	client.SetWriteDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
 	_, err = client.Write(head)

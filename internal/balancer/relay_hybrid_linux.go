@@ -129,16 +129,17 @@ func (r *relay) startHybrid(client, backend net.Conn) bool {
 	for i, p := range []*hyPipe{&h.up, &h.down} {
 		buffered[i] = p.tls != nil && tlsBuffered(p.tls)
 	}
-	h.loop.post(func() {
-		for _, p := range []*hyPipe{&h.up, &h.down} {
-			h.loop.setSide(p.fd, p)
-			ev := unix.EpollEvent{Events: p.events(), Fd: int32(p.fd)}
-			if err := unix.EpollCtl(h.loop.epfd, unix.EPOLL_CTL_ADD, p.fd, &ev); err != nil {
-				h.shutdown("registering with epoll failed: " + err.Error())
-				return
-			}
+	// Entered in the loop's sides first (the loop takes registrations
+	// before the events of a batch), then added to epoll: a one-shot or
+	// edge-triggered event must find its pipe. Neither wakes the loop.
+	h.loop.register(h.up.fd, &h.up, h.down.fd, &h.down)
+	for _, p := range []*hyPipe{&h.up, &h.down} {
+		ev := unix.EpollEvent{Events: p.events(), Fd: int32(p.fd)}
+		if err := unix.EpollCtl(h.loop.epfd, unix.EPOLL_CTL_ADD, p.fd, &ev); err != nil {
+			h.shutdown("registering with epoll failed: " + err.Error())
+			return true
 		}
-	})
+	}
 	for i, p := range []*hyPipe{&h.up, &h.down} {
 		if buffered[i] {
 			p.wake()

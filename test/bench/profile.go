@@ -11,6 +11,7 @@ package main
 //	                                   context switches and CPU time, counts
 //	                                   that do not drift with the machine's
 //	                                   speed as times do;
+//	connect.syscalls.txt, echo.…       perf stat of the system calls by name;
 //	allocs-{base,connected,held}.pb.gz Go allocation profiles (Caddy targets,
 //	                                   from the admin endpoint) at the baseline,
 //	                                   after the connect phase and after the
@@ -90,9 +91,10 @@ func (pr *profiler) perfRecord(name string, pgid int) (stop func()) {
 	for _, args := range [][]string{
 		{"record", "-g", "-F", "999", "-o", out + ".perf.data", "-p", pids},
 		{"stat", "-e", "raw_syscalls:sys_enter,context-switches,task-clock", "-o", out + ".stat.txt", "-p", pids},
+		{"stat", "-e", syscallEvents(), "-o", out + ".syscalls.txt", "-p", pids},
 	} {
 		cmd := exec.Command(pr.perf, args...)
-		if lf, err := os.Create(out + "." + args[0] + ".log"); err == nil {
+		if lf, err := os.Create(out + "." + args[0] + strconv.Itoa(len(cmds)) + ".log"); err == nil {
 			cmd.Stdout, cmd.Stderr = lf, lf
 			defer lf.Close()
 		}
@@ -140,6 +142,23 @@ func (pr *profiler) pprof(profile, file string) {
 	}
 	defer f.Close()
 	_, _ = io.Copy(f, resp.Body)
+}
+
+// syscallEvents lists the tracepoints of the system calls a proxy makes
+// (perf stat follows threads started after it attached; perf trace does
+// not).
+func syscallEvents() string {
+	var evs []string
+	for _, name := range []string{
+		"read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg",
+		"epoll_ctl", "epoll_wait", "epoll_pwait", "futex", "nanosleep", "sched_yield",
+		"socket", "connect", "accept4", "close", "shutdown", "setsockopt", "getsockopt",
+		"getsockname", "getpeername", "fcntl", "ioctl", "eventfd2", "tgkill", "getpid",
+		"mmap", "munmap", "madvise", "brk",
+	} {
+		evs = append(evs, "syscalls:sys_enter_"+name)
+	}
+	return strings.Join(evs, ",")
 }
 
 var goroutineTotal = regexp.MustCompile(`goroutine profile: total (\d+)`)

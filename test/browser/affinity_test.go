@@ -23,7 +23,7 @@ function connect() {
 }
 </script></body></html>`
 
-// Issue 14, acceptance 4: a page connects, disconnects and reconnects, and
+// A page connects, disconnects and reconnects, and
 // lands on the same backend through the sticky cookie; once that backend
 // is drained, it lands elsewhere.
 func TestBrowserAffinityCookie(t *testing.T) {

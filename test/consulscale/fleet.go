@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 // churnProfile says how each backend's simulated connection count moves.
@@ -193,7 +194,7 @@ func (rt *publishRT) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // pubKey identifies one published report of a backend.
 func pubKey(meta map[string]string) string {
-	return meta[wsbackend.MetaCountedAt] + "/" + meta[wsbackend.MetaConnections]
+	return meta[protocol.MetaCountedAt] + "/" + meta[protocol.MetaConnections]
 }
 
 // tracker follows every publish until every balancer has seen it (or a

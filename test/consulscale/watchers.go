@@ -13,7 +13,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/wsbalancer/caddy-wsbalancer/consul"
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
+	core "github.com/wsbalancer/caddy-wsbalancer/internal/balancer"
 )
 
 // balancer is what a balancer runs to follow the fleet: the real
@@ -64,7 +64,7 @@ func startBalancer(ctx context.Context, j int, addr string, tr *tracker, wo watc
 	if err := b.w.Start(ctx); err != nil {
 		return nil, err
 	}
-	b.src = consul.NewSource(b.w, wsbackend.NewBackendStore(), nil)
+	b.src = consul.NewSource(b.w, core.NewBackendStore(), nil)
 	ids, keys := []string{}, []string{}
 	b.unsub = b.w.Subscribe(func(set []consul.Instance) {
 		now := time.Now()

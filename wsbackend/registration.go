@@ -142,6 +142,9 @@ type Registration struct {
 // loops stop without deregistering (the check then expires after TTL and
 // Consul removes the service after DeregisterCriticalAfter). For a graceful
 // exit call Deregister before closing connections.
+// callTimeout is the least time a call to the Consul agent is given.
+const callTimeout = 5 * time.Second
+
 func Register(ctx context.Context, opts RegistrationOptions) (*Registration, error) {
 	r, err := newRegistration(opts)
 	if err != nil {
@@ -182,7 +185,10 @@ func newRegistration(opts RegistrationOptions) (*Registration, error) {
 		opts:    opts,
 		id:      opts.ID,
 		checkID: "service:" + opts.ID,
-		timeout: max(opts.ReportInterval, time.Second),
+		// A busy agent takes seconds over a registration (it syncs
+		// changes to the servers under one lock; 1-3 s measured at
+		// 500 backends on one agent), so a call gets at least 5 s.
+		timeout: max(opts.ReportInterval, callTimeout),
 		beat:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}

@@ -73,18 +73,26 @@ func start(opts Options, dir, name string) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := freePorts()
-	if err != nil {
-		return nil, err
+	// Ports are probed free, then bound by the agent a moment later; test
+	// packages running in parallel may take one in between, so a start
+	// that finds a port taken tries again with new ones.
+	for attempt := 1; ; attempt++ {
+		p, err := freePorts()
+		if err != nil {
+			return nil, err
+		}
+		a := &Agent{bin: bin, dir: dir, ports: p, logs: new(lockedBuffer), name: nodeName(name)}
+		if err := os.WriteFile(filepath.Join(dir, "agent.hcl"), []byte(a.config(opts)), 0o600); err != nil {
+			return nil, err
+		}
+		err = a.launch()
+		if err == nil {
+			return a, nil
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return nil, err
+		}
 	}
-	a := &Agent{bin: bin, dir: dir, ports: p, logs: new(lockedBuffer), name: nodeName(name)}
-	if err := os.WriteFile(filepath.Join(dir, "agent.hcl"), []byte(a.config(opts)), 0o600); err != nil {
-		return nil, err
-	}
-	if err := a.launch(); err != nil {
-		return nil, err
-	}
-	return a, nil
 }
 
 // config is the agent's configuration: every port chosen free on loopback

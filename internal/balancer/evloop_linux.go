@@ -313,6 +313,11 @@ func (l *evLoop) run() {
 			l.setSide(g.fd, g.t)
 		}
 		clear(regs)
+		if cap(regs) > 4096 {
+			// A burst of upgrades while no bytes moved: do not keep
+			// its array.
+			regs = nil
+		}
 		for i := range n {
 			ev := &events[i]
 			if int(ev.Fd) == l.wakefd {

@@ -10,8 +10,13 @@ const (
 	// must have seen reported before it trusts the ratio.
 	shareMinOwn = 20
 	// shareMinOwnLive is the same for live connections, which the
-	// baselines count exactly.
-	shareMinOwnLive = 8
+	// baselines count exactly. It is low because the first report that
+	// lands inside a burst must already be believed: until the scale is
+	// known, that backend carries the other balancers' connections and the
+	// rest do not, so every balancer turns away from it. A report of 12
+	// holding 6 of ours, ignored under a bound of 8, left a burst of 120
+	// through two balancers at 55/65 instead of 60/60.
+	shareMinOwnLive = 2
 	// shareMaxScale caps the scale: one balancer's view of a fleet of at
 	// most this many that split the load evenly.
 	shareMaxScale = 16

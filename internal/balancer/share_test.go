@@ -94,3 +94,32 @@ func TestLiveShareScalesConnectionsSinceTheReport(t *testing.T) {
 		t.Errorf("fresh backend's load = %d, want its report, 80", l)
 	}
 }
+
+// The first report to land inside a burst already sets the scale, though
+// it holds only a few of this balancer's connections: otherwise that
+// backend alone would carry the other balancers' part, and every balancer
+// would turn to the backends that have not reported.
+func TestLiveShareBelievesAnEarlySmallReport(t *testing.T) {
+	t.Parallel()
+	early, late := NewBackend("early:1"), NewBackend("late:1")
+	ups := []*Upstream{{Backend: early, ID: "early"}, {Backend: late, ID: "late"}}
+	e := newLiveShare()
+	t0 := time.Now()
+	early.ObserveReport(Report{Connections: 0, Version: 1, TakenAt: t0}, t0)
+	late.ObserveReport(Report{Connections: 0, Version: 1, TakenAt: t0}, t0)
+	e.observe(ups)
+
+	// 6 of ours to each; the early backend reports them with another
+	// balancer's 6.
+	early.addLive(6)
+	late.addLive(6)
+	t1 := time.Now()
+	early.ObserveReport(Report{Connections: 12, Version: 2, TakenAt: t1}, t1)
+	e.observe(ups)
+	if e.scale != 2 {
+		t.Fatalf("scale = %v, want 2 (grew 12 for 6 of ours)", e.scale)
+	}
+	if a, b := early.Load(), late.Load(); a != b {
+		t.Errorf("loads early %d, late %d: want them equal, both holding two balancers' 6", a, b)
+	}
+}

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,26 +10,51 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
 
-// checkUpgrade validates an upgrade request before any backend is touched, so
-// that malformed handshakes cost nothing upstream.
-func checkUpgrade(r *http.Request) *Error {
-	if r.Method != http.MethodGet {
-		return newError(http.StatusMethodNotAllowed, "websocket upgrade must use GET, not %s", r.Method)
+// handshake dials the backend and exchanges the upgrade request and answer.
+func (p *Proxy) handshake(ctx context.Context, u *Upstream, r *http.Request, fwd ForwardedFor) (conn net.Conn, resp *http.Response, br *bufio.Reader, err error) {
+	dialCtx, cancel := context.WithTimeout(ctx, p.opts.DialTimeout)
+	conn, err = p.opts.Dialer.DialContext(dialCtx, "tcp", u.URL.Host)
+	cancel()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("dialing backend %s: %w", u.Addr(), err)
 	}
-	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
-		// RFC 6455 section 4.4: tell the client which version we speak.
-		e := newError(http.StatusUpgradeRequired, "unsupported Sec-WebSocket-Version %q", v)
-		e.Header = http.Header{"Sec-Websocket-Version": {"13"}}
-		return e
+	defer func() {
+		if err != nil {
+			conn.Close()
+		}
+	}()
+	// The request context is watched during the handshake only: once
+	// relaying, the connection must outlive this request (and config
+	// reloads).
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	conn.SetDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
+	if u.URL.Scheme == "wss" {
+		conn, err = p.tlsHandshake(ctx, conn, u)
+		if err != nil {
+			return conn, nil, nil, err
+		}
 	}
-	if k := r.Header.Get("Sec-WebSocket-Key"); len(k) != 24 || !strings.HasSuffix(k, "==") {
-		return newError(http.StatusBadRequest, "missing or malformed Sec-WebSocket-Key")
+	if err = writeUpgradeRequest(conn, r, u, fwd, p.opts.UpstreamHeaders); err != nil {
+		return conn, nil, nil, fmt.Errorf("writing handshake to backend %s: %w", u.Addr(), err)
 	}
-	return nil
+	resp, br, err = readUpgradeResponse(conn, r)
+	if err != nil {
+		return conn, nil, nil, fmt.Errorf("backend %s: %w", u.Addr(), err)
+	}
+	if !stop() {
+		// The client left just as the answer came: treat as a failed
+		// handshake on the client's side.
+		putReader(br)
+		return conn, nil, nil, ctx.Err()
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, resp, br, nil
 }
 
 // hopHeaders are meaningful only for one connection (RFC 9110 section
@@ -250,6 +276,12 @@ func appendTargetURI(b []byte, u *Upstream, r *http.Request) []byte {
 }
 
 var brPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+// putReader returns br to brPool, holding no connection.
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	brPool.Put(br)
+}
 
 // errBadHandshake marks answers that are not HTTP at all: the backend is
 // broken, not refusing, so it is marked down and another one is tried.

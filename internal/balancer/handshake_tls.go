@@ -1,7 +1,10 @@
 package balancer
 
 import (
+	"context"
 	"crypto/tls"
+	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 )
@@ -43,4 +46,13 @@ func (c *tlsConfigs) get(cfg *tls.Config, host string) *tls.Config {
 		}
 	}
 	return hc
+}
+
+// tlsHandshake makes conn a TLS client of backend u.
+func (p *Proxy) tlsHandshake(ctx context.Context, conn net.Conn, u *Upstream) (net.Conn, error) {
+	tc := tls.Client(conn, p.tlsConfigs.get(p.opts.TLSConfig, u.URL.Hostname()))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return conn, fmt.Errorf("TLS handshake with backend %s: %w", u.Addr(), err)
+	}
+	return tc, nil
 }

@@ -143,15 +143,13 @@ func NewProxy(src UpstreamSource, store BackendStore, opts *ProxyOptions) *Proxy
 // hook, if not nil, is adopted by the relay that takes the connection and
 // told when it ends (see RelayHook); if no relay takes it, hook.Adopted is
 // false when ServeUpgrade returns.
+//
+// It reads in the order an upgrade goes: admit (transport.go), choose
+// (choose.go), dial and handshake (handshake.go), then pass a refusal on or
+// hand over to the relay through the client's transport (transport_*.go).
 func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd ForwardedFor, hook *RelayHook) error {
-	up, accept := r, ""
-	if IsExtendedConnect(r) {
-		var e *Error
-		if up, accept, e = upgradeForExtendedConnect(r); e != nil {
-			p.outcome("", OutcomeBadRequest)
-			return e
-		}
-	} else if e := checkUpgrade(r); e != nil {
+	t, e := p.admit(r)
+	if e != nil {
 		p.outcome("", OutcomeBadRequest)
 		return e
 	}
@@ -164,38 +162,18 @@ func (p *Proxy) ServeUpgrade(w http.ResponseWriter, r *http.Request, fwd Forward
 		pick = sel.pick
 	}
 	result, done, lastErr, chosen := p.chooser.choose(ups, p.opts.Now(), pick, (*Upstream).reserve, func(u *Upstream) (result, next error) {
-		conn, resp, br, err := p.handshake(r.Context(), u, up, fwd)
+		backend, resp, br, err := p.handshake(r.Context(), u, t.upstreamRequest(), fwd)
 		if err != nil {
-			u.unreserve()
-			if r.Context().Err() != nil {
-				return &Error{Status: 499, Err: fmt.Errorf("client went away during the upstream handshake: %w", err)}, nil
-			}
-			u.MarkDown(p.opts.Now(), p.opts.FailDuration)
-			p.opts.Logger.Warn("backend failed; marked down",
-				zap.String("backend", u.Addr()),
-				zap.Duration("fail_duration", p.opts.FailDuration),
-				zap.Error(err))
-			p.outcome(u.Addr(), OutcomeRetried)
-			return nil, err
+			return p.handshakeFailed(r.Context(), u, err)
 		}
 		u.MarkUp()
-		if p.opts.DownstreamHeaders != nil {
-			editResponse(r, u, resp, p.opts.DownstreamHeaders)
-		}
-		if sel != nil && resp.StatusCode == http.StatusSwitchingProtocols {
-			if c := sel.chosen(u); c != nil {
-				resp.Header.Add("Set-Cookie", c.String())
-			}
-		}
+		p.editAnswer(r, u, resp, sel)
 		if resp.StatusCode != http.StatusSwitchingProtocols {
 			u.unreserve()
 			p.outcome(u.Addr(), OutcomeRejected)
-			return p.passResponse(w, conn, resp, br), nil
+			return p.passResponse(w, backend, resp, br), nil
 		}
-		if up != r {
-			return p.startStream(w, r, u, conn, resp, br, accept, hook), nil
-		}
-		return p.startRelay(w, u, conn, resp, br, hook), nil
+		return p.handOver(t, w, u, backend, resp, br, hook), nil
 	})
 	switch {
 	case done:
@@ -223,93 +201,50 @@ func (u *Upstream) reserve() bool {
 
 func (u *Upstream) unreserve() { u.addLive(-1) }
 
-// handshake dials the backend and exchanges the upgrade request and answer.
-func (p *Proxy) handshake(ctx context.Context, u *Upstream, r *http.Request, fwd ForwardedFor) (conn net.Conn, resp *http.Response, br *bufio.Reader, err error) {
-	dialCtx, cancel := context.WithTimeout(ctx, p.opts.DialTimeout)
-	conn, err = p.opts.Dialer.DialContext(dialCtx, "tcp", u.URL.Host)
-	cancel()
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("dialing backend %s: %w", u.Addr(), err)
+// handshakeFailed gives up backend u after a failed dial or handshake. A
+// client that went away meanwhile ends the upgrade; otherwise u is kept from
+// new connections for FailDuration and the next backend is tried.
+func (p *Proxy) handshakeFailed(ctx context.Context, u *Upstream, err error) (result, next error) {
+	u.unreserve()
+	if ctx.Err() != nil {
+		return &Error{Status: 499, Err: fmt.Errorf("client went away during the upstream handshake: %w", err)}, nil
 	}
-	defer func() {
-		if err != nil {
-			conn.Close()
+	u.MarkDown(p.opts.Now(), p.opts.FailDuration)
+	p.opts.Logger.Warn("backend failed; marked down",
+		zap.String("backend", u.Addr()),
+		zap.Duration("fail_duration", p.opts.FailDuration),
+		zap.Error(err))
+	p.outcome(u.Addr(), OutcomeRetried)
+	return nil, err
+}
+
+// editAnswer edits backend u's answer to r before the client gets it:
+// header_down, and on 101 the affinity cookie naming u.
+func (p *Proxy) editAnswer(r *http.Request, u *Upstream, resp *http.Response, sel *affinitySel) {
+	if p.opts.DownstreamHeaders != nil {
+		editResponse(r, u, resp, p.opts.DownstreamHeaders)
+	}
+	if sel != nil && resp.StatusCode == http.StatusSwitchingProtocols {
+		if c := sel.chosen(u); c != nil {
+			resp.Header.Add("Set-Cookie", c.String())
 		}
-	}()
-	// The request context is watched during the handshake only: once
-	// relaying, the connection must outlive this request (and config
-	// reloads).
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	conn.SetDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
-	if u.URL.Scheme == "wss" {
-		conn, err = p.tlsHandshake(ctx, conn, u)
-		if err != nil {
-			return conn, nil, nil, err
-		}
 	}
-	if err = writeUpgradeRequest(conn, r, u, fwd, p.opts.UpstreamHeaders); err != nil {
-		return conn, nil, nil, fmt.Errorf("writing handshake to backend %s: %w", u.Addr(), err)
-	}
-	resp, br, err = readUpgradeResponse(conn, r)
-	if err != nil {
-		return conn, nil, nil, fmt.Errorf("backend %s: %w", u.Addr(), err)
-	}
-	if !stop() {
-		// The client left just as the answer came: treat as a failed
-		// handshake on the client's side.
-		putReader(br)
-		return conn, nil, nil, ctx.Err()
-	}
-	conn.SetDeadline(time.Time{})
-	return conn, resp, br, nil
 }
 
-func (p *Proxy) tlsHandshake(ctx context.Context, conn net.Conn, u *Upstream) (net.Conn, error) {
-	tc := tls.Client(conn, p.tlsConfigs.get(p.opts.TLSConfig, u.URL.Hostname()))
-	if err := tc.HandshakeContext(ctx); err != nil {
-		return conn, fmt.Errorf("TLS handshake with backend %s: %w", u.Addr(), err)
-	}
-	return tc, nil
-}
-
-func putReader(br *bufio.Reader) {
-	br.Reset(nil)
-	brPool.Put(br)
-}
-
-// startRelay hijacks the client connection, writes the backend's 101 answer
-// and any bytes either side sent early, and starts relaying.
-func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn, resp *http.Response, br *bufio.Reader, hook *RelayHook) error {
-	client, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
+// handOver answers the client through its transport with the backend's 101
+// and hands both connections to a relay. It returns when t.wait does: at
+// once for a hijacked connection.
+func (p *Proxy) handOver(t clientTransport, w http.ResponseWriter, u *Upstream, backend net.Conn, resp *http.Response, br *bufio.Reader, hook *RelayHook) error {
+	client, result := t.open(w, u, resp)
+	if client == nil {
 		p.dropBackend(u, backend, br)
-		return &Error{Status: http.StatusInternalServerError, Err: fmt.Errorf("hijacking client connection: %w", err)}
+		return result
 	}
-	// (net/http clears the server's read and write deadlines on hijack:
-	// deadlines are the relay's business now.)
 	hook.adopt()
 
 	b := u.Backend
-	rl := p.newRelay(b, hook, nil)
-
-	// The head goes out through the 4 KB buffer of the bufio.Writer that
-	// net/http allocated for the connection and hands over with it, unused
-	// otherwise.
-	head := append(appendResponseHead(brw.Writer.AvailableBuffer(), resp), rl.down.early(br)...)
-	putReader(br)
-	client.SetWriteDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
-	_, err = client.Write(head)
-	client.SetWriteDeadline(time.Time{})
-	if err == nil {
-		if early := rl.up.early(brw.Reader); len(early) > 0 {
-			backend.SetWriteDeadline(p.opts.Now().Add(p.opts.HandshakeTimeout))
-			_, err = backend.Write(early)
-			backend.SetWriteDeadline(time.Time{})
-		}
-	}
-	if err != nil {
-		// The 101 may be half-written: nothing more can go to the client.
+	rl := p.newRelay(b, hook, t.ended())
+	if err := t.greet(rl, client, backend, resp, br); err != nil {
 		p.abandonRelay(b, client, backend, hook)
 		return nil
 	}
@@ -321,6 +256,7 @@ func (p *Proxy) startRelay(w http.ResponseWriter, u *Upstream, backend net.Conn,
 	// Tracked once started, so that nothing can close it half set up; a
 	// relay that ended already is not tracked (see track).
 	b.track(rl)
+	t.wait()
 	return nil
 }
 

@@ -41,15 +41,28 @@ func acceptKey(key string) string {
 	return base64.StdEncoding.EncodeToString(h[:])
 }
 
-// upgradeForExtendedConnect returns the HTTP/1.1 upgrade a backend gets for
-// an extended CONNECT: the same target and end-to-end headers, GET, and a
+// streamTransport is an extended CONNECT: the client's WebSocket is one
+// stream of its HTTP/2 or HTTP/3 connection. The backend gets an HTTP/1.1
+// upgrade made of it, the client 200 with the backend's choices, and the
+// relay reads the request body and writes the response (streamConn).
+// Unlike a hijacked connection, the stream lives only as long as the
+// handler: wait returns when the relay has ended.
+type streamTransport struct {
+	r      *http.Request
+	up     *http.Request // the upgrade the backend gets
+	accept string        // the Sec-WebSocket-Accept the backend must answer
+	done   chan struct{} // closed when the relay has ended
+}
+
+// newStreamTransport makes the HTTP/1.1 upgrade a backend gets for an
+// extended CONNECT: the same target and end-to-end headers, GET, and a
 // fresh Sec-WebSocket-Key (the stream has none: RFC 8441 section 5), with
 // the Sec-WebSocket-Accept the backend must answer.
-func upgradeForExtendedConnect(r *http.Request) (*http.Request, string, *Error) {
+func newStreamTransport(r *http.Request) (*streamTransport, *Error) {
 	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
 		e := newError(http.StatusBadRequest, "unsupported Sec-WebSocket-Version %q", v)
 		e.Header = http.Header{"Sec-Websocket-Version": {"13"}}
-		return nil, "", e
+		return nil, e
 	}
 	var nonce [16]byte
 	rand.Read(nonce[:])
@@ -59,17 +72,17 @@ func upgradeForExtendedConnect(r *http.Request) (*http.Request, string, *Error) 
 	up.Body = http.NoBody
 	up.Header.Del(":protocol")
 	up.Header.Set("Sec-WebSocket-Key", key)
-	return up, acceptKey(key), nil
+	return &streamTransport{r: r, up: up, accept: acceptKey(key), done: make(chan struct{})}, nil
 }
 
-// startStream answers an extended CONNECT with the backend's choices (200
-// and its headers, not 101) and relays between the stream and the backend.
-// Unlike a hijacked connection, the stream lives only as long as the
-// handler: startStream returns when the relay has ended.
-func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream, backend net.Conn, resp *http.Response, br *bufio.Reader, accept string, hook *RelayHook) error {
-	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != accept {
-		p.dropBackend(u, backend, br)
-		return &Error{Status: http.StatusBadGateway, Err: fmt.Errorf("backend %s answered the upgrade with Sec-WebSocket-Accept %q, want %q", u.Addr(), got, accept)}
+func (t *streamTransport) upstreamRequest() *http.Request { return t.up }
+
+// open checks the backend's Sec-WebSocket-Accept (the client cannot: it
+// sent no key) and answers the client 200 with the backend's headers, not
+// 101.
+func (t *streamTransport) open(w http.ResponseWriter, u *Upstream, resp *http.Response) (net.Conn, error) {
+	if got := resp.Header.Get("Sec-WebSocket-Accept"); got != t.accept {
+		return nil, &Error{Status: http.StatusBadGateway, Err: fmt.Errorf("backend %s answered the upgrade with Sec-WebSocket-Accept %q, want %q", u.Addr(), got, t.accept)}
 	}
 	rc := http.NewResponseController(w)
 	h := w.Header()
@@ -81,30 +94,25 @@ func (p *Proxy) startStream(w http.ResponseWriter, r *http.Request, u *Upstream,
 	}
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
-		p.dropBackend(u, backend, br)
-		return nil // the status line may be out: nothing more can go to the client
+		return nil, nil // the status line may be out: nothing more can go to the client
 	}
-	client := newStreamConn(r, w, rc)
-	hook.adopt()
+	return newStreamConn(t.r, w, rc), nil
+}
 
-	b := u.Backend
-	ended := make(chan struct{})
-	rl := p.newRelay(b, hook, func() { close(ended) })
+// greet writes the backend's early bytes to the client; the client's, if
+// any, are still in the request body, which the relay reads.
+func (t *streamTransport) greet(rl *relay, client, backend net.Conn, resp *http.Response, br *bufio.Reader) error {
 	var err error
 	if early := rl.down.early(br); len(early) > 0 {
 		_, err = client.Write(early)
 	}
 	putReader(br)
-	if err != nil {
-		p.abandonRelay(b, client, backend, hook)
-		return nil
-	}
-	p.outcome(b.Addr(), OutcomeOK)
-	rl.start(client, backend)
-	b.track(rl)
-	<-ended
-	return nil
+	return err
 }
+
+func (t *streamTransport) ended() func() { return func() { close(t.done) } }
+
+func (t *streamTransport) wait() { <-t.done }
 
 // streamConn is the client's side of an extended CONNECT as a net.Conn:
 // reads from the request body, writes to the response, flushed.

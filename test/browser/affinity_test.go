@@ -44,11 +44,23 @@ func TestBrowserAffinityCookie(t *testing.T) {
 	if err := page.waitFor(ctx, `typeof connect === "function" && document.readyState === "complete"`); err != nil {
 		t.Fatal(err)
 	}
+	// connect returns once the balancer has counted the connection's
+	// close: a reconnection that arrived first would find its backend at
+	// the bounded-load limit of a fleet holding one connection (the
+	// closing one), and rightly go elsewhere. That is the bound at work,
+	// not the cookie failing.
 	connect := func() string {
 		t.Helper()
 		raw, err := page.evaluate(ctx, "connect()")
 		if err != nil {
 			t.Fatalf("connecting from the page: %v", err)
+		}
+		closed := harness.WaitFor(ctx, 10*time.Second, func() bool {
+			s, err := caddy.Backends()
+			return err == nil && s.TotalLive == 0
+		})
+		if !closed {
+			t.Fatal("the balancer still counts the page's closed connection after 10 s")
 		}
 		return strings.Trim(raw, `"`)
 	}

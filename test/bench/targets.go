@@ -381,6 +381,9 @@ type tmplData struct {
 	NoFile    uint64
 	Threads   int
 	TLS       *tlsFiles
+	// OrderLine adds the global order line that builds from before the
+	// directive registered its own order (late November 2026) require.
+	OrderLine bool
 }
 
 // CertFile, KeyFile and CombinedFile are the -tls certificate's files.
@@ -404,7 +407,8 @@ const caddySiteAddr = `{{if .TLS}}https://127.0.0.1:{{.Port}}{{else}}:{{.Port}}{
 	tls {{.CertFile}} {{.KeyFile}}{{end}}`
 
 var caddyWSBalancerTmpl = template.Must(template.New("ws_balancer").Parse(`{
-	admin 127.0.0.1:{{.AdminPort}}
+	admin 127.0.0.1:{{.AdminPort}}{{if .OrderLine}}
+	order ws_balancer before respond{{end}}
 ` + caddyGlobalHTTPS + `
 	persist_config off
 }
@@ -540,6 +544,7 @@ func startProxy(name string, tl tools, workdir string, backends []string, nofile
 		}
 		if name == tWSBalancerBase {
 			bin = tl.baseCaddy
+			d.OrderLine = true
 		}
 		conf = filepath.Join(dir, "Caddyfile")
 		cmd = exec.Command(bin, "run", "--config", conf, "--adapter", "caddyfile")

@@ -120,25 +120,75 @@ func (p *pipe) side(src bool) string {
 	return "backend"
 }
 
-// goRelay relays a connection with one goroutine per direction.
-type goRelay struct {
-	client, backend net.Conn
-	up, down        goPipe
-	running         atomic.Int32 // pipes still running; the last one out finishes
+// connPipe is a pipe whose destination is a net.Conn written from
+// goroutines, the pipe's own and closeWith's: what goPipe and hyPipe share.
+type connPipe struct {
+	*pipe
+	dst net.Conn
+	// mu serializes writes to dst between the pipe and closeWith.
+	mu sync.Mutex
 }
 
-// shutdown closes both connections once; the pipes then end on their own.
-func (g *goRelay) shutdown(reason string) {
-	r := g.up.r
-	r.endOnce.Do(func() { r.endReason = reason })
-	if r.closing.CompareAndSwap(false, true) {
-		g.client.Close()
-		g.backend.Close()
+// write passes b, read from the source, to dst, unless the relay is
+// closing; it follows frames and counts bytes and activity.
+func (p *connPipe) write(b []byte) error {
+	p.mu.Lock()
+	var err error
+	if p.r.closing.Load() {
+		err = net.ErrClosed
+	} else {
+		p.frames.observe(b)
+		_, err = p.dst.Write(b)
+	}
+	p.mu.Unlock()
+	p.bytes.Add(uint64(len(b)))
+	p.r.lastActive.Store(time.Now().UnixNano())
+	return err
+}
+
+// srcEnded handles the end of the source: unless the relay is already
+// closing, the destination gets a close frame if one can be sent cleanly
+// (1001 when the source closed, 1011 when it failed), then the relay shuts
+// down, stop closing its connections.
+func (p *connPipe) srcEnded(err error, stop func()) {
+	if p.r.closing.Load() {
+		return
+	}
+	code, reason := uint16(protocol.CloseGoingAway), p.side(true)+" closed the connection"
+	if !errors.Is(err, io.EOF) {
+		code, reason = protocol.CloseInternalError, p.side(true)+" connection failed"
+	}
+	p.mu.Lock()
+	p.injectClose(code, reason)
+	p.mu.Unlock()
+	p.r.shutdown(reason, stop)
+}
+
+// injectClose writes a close frame to dst when the stream is between frames
+// and has not carried a close frame yet. Caller holds p.mu.
+func (p *connPipe) injectClose(code uint16, reason string) {
+	if !p.frames.atBoundary() || p.frames.closeSeen {
+		return
+	}
+	p.dst.SetWriteDeadline(time.Now().Add(closeGrace))
+	if _, err := p.dst.Write(closeFrame(code, reason, p.toServer)); err == nil {
+		p.frames.closeSeen = true
 	}
 }
 
-func (g *goRelay) closeWith(code uint16, reason string) {
-	r := g.up.r
+// shutdown ends, once, a relay whose pipes are connPipes, for reason: stop
+// closes its connections (goRelay.closeConns, hyRelay.release).
+func (r *relay) shutdown(reason string, stop func()) {
+	r.endOnce.Do(func() { r.endReason = reason })
+	if r.closing.CompareAndSwap(false, true) {
+		stop()
+	}
+}
+
+// closeConnsWith is closeWith for a relay whose pipes are connPipes (up
+// writes to the backend, down to the client); then stop closes its
+// connections, as in shutdown.
+func (r *relay) closeConnsWith(up, down *connPipe, code uint16, reason string, stop func()) {
 	// Writes here can race with the pipes' own writes only after closing is
 	// set; pipes check it before every write, so take it first.
 	if !r.closing.CompareAndSwap(false, true) {
@@ -148,14 +198,32 @@ func (g *goRelay) closeWith(code uint16, reason string) {
 	// A pipe blocked writing to a peer that stopped reading holds its lock;
 	// the deadline frees it within closeGrace.
 	deadline := time.Now().Add(closeGrace)
-	g.client.SetWriteDeadline(deadline)
-	g.backend.SetWriteDeadline(deadline)
-	g.down.mu.Lock()
-	g.down.injectClose(code, reason)
-	g.down.mu.Unlock()
-	g.up.mu.Lock()
-	g.up.injectClose(code, reason)
-	g.up.mu.Unlock()
+	down.dst.SetWriteDeadline(deadline) // the client
+	up.dst.SetWriteDeadline(deadline)   // the backend
+	down.mu.Lock()
+	down.injectClose(code, reason)
+	down.mu.Unlock()
+	up.mu.Lock()
+	up.injectClose(code, reason)
+	up.mu.Unlock()
+	stop()
+}
+
+// goRelay relays a connection with one goroutine per direction.
+type goRelay struct {
+	client, backend net.Conn
+	up, down        goPipe
+	running         atomic.Int32 // pipes still running; the last one out finishes
+}
+
+// shutdown ends the relay for reason; the pipes then end on their own.
+func (g *goRelay) shutdown(reason string) { g.up.r.shutdown(reason, g.closeConns) }
+
+func (g *goRelay) closeWith(code uint16, reason string) {
+	g.up.r.closeConnsWith(&g.up.connPipe, &g.down.connPipe, code, reason, g.closeConns)
+}
+
+func (g *goRelay) closeConns() {
 	g.client.Close()
 	g.backend.Close()
 }
@@ -171,12 +239,9 @@ func (g *goRelay) pipeDone() {
 // holds no buffer: it waits for readability through syscall.RawConn and
 // takes a pooled buffer only when bytes are ready.
 type goPipe struct {
-	*pipe
-	dst, src net.Conn
-	raw      syscall.RawConn // nil when src cannot be waited on (TLS)
-
-	// mu serializes writes to dst between the pipe and closeWith.
-	mu sync.Mutex
+	connPipe
+	src net.Conn
+	raw syscall.RawConn // nil when src cannot be waited on (TLS)
 
 	// State of the RawConn read callback, reused across reads so that no
 	// closure is allocated per read.
@@ -220,18 +285,8 @@ func (p *goPipe) run() {
 	for {
 		buf, n, err := p.read()
 		if n > 0 {
-			p.mu.Lock()
-			var werr error
-			if p.r.closing.Load() {
-				werr = net.ErrClosed
-			} else {
-				p.frames.observe((*buf)[:n])
-				_, werr = p.dst.Write((*buf)[:n])
-			}
-			p.mu.Unlock()
+			werr := p.write((*buf)[:n])
 			putRelayBuf(buf)
-			p.bytes.Add(uint64(n))
-			p.r.lastActive.Store(time.Now().UnixNano())
 			if werr != nil {
 				g.shutdown(p.side(false) + " write failed")
 				return
@@ -240,38 +295,9 @@ func (p *goPipe) run() {
 			putRelayBuf(buf)
 		}
 		if err != nil {
-			p.srcEnded(err)
+			p.srcEnded(err, g.closeConns)
 			return
 		}
-	}
-}
-
-// srcEnded handles the end of the source: unless the relay is already
-// closing, the destination gets a close frame if one can be sent cleanly
-// (1001 when the source closed, 1011 when it failed), then both close.
-func (p *goPipe) srcEnded(err error) {
-	if p.r.closing.Load() {
-		return
-	}
-	code, reason := uint16(protocol.CloseGoingAway), p.side(true)+" closed the connection"
-	if !errors.Is(err, io.EOF) {
-		code, reason = protocol.CloseInternalError, p.side(true)+" connection failed"
-	}
-	p.mu.Lock()
-	p.injectClose(code, reason)
-	p.mu.Unlock()
-	p.r.gr.shutdown(reason)
-}
-
-// injectClose writes a close frame to dst when the stream is between frames
-// and has not carried a close frame yet. Caller holds p.mu.
-func (p *goPipe) injectClose(code uint16, reason string) {
-	if !p.frames.atBoundary() || p.frames.closeSeen {
-		return
-	}
-	p.dst.SetWriteDeadline(time.Now().Add(closeGrace))
-	if _, err := p.dst.Write(closeFrame(code, reason, p.toServer)); err == nil {
-		p.frames.closeSeen = true
 	}
 }
 

@@ -2,8 +2,6 @@ package balancer
 
 import (
 	"crypto/tls"
-	"errors"
-	"io"
 	"net"
 	"runtime"
 	"sync"
@@ -12,8 +10,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/wsbalancer/caddy-wsbalancer/wsbackend/protocol"
 )
 
 // The hybrid relay serves connections the event loop cannot relay by
@@ -62,15 +58,13 @@ type hyRelay struct {
 
 // hyPipe is one direction of a hybrid relay: it watches src's socket.
 type hyPipe struct {
-	*pipe
-	h        *hyRelay
-	src, dst net.Conn
-	tls      *tls.Conn // src, when it is TLS
-	raw      syscall.RawConn
-	fd       int // src's descriptor (Go's)
+	connPipe
+	h   *hyRelay
+	src net.Conn
+	tls *tls.Conn // src, when it is TLS
+	raw syscall.RawConn
+	fd  int // src's descriptor (Go's)
 
-	// mu serializes writes to dst between the pipe and closeWith.
-	mu sync.Mutex
 	// running is set while a goroutine moves bytes (or is being started);
 	// again, by an event that comes meanwhile (plain sides).
 	running, again atomic.Bool
@@ -378,7 +372,7 @@ func (p *hyPipe) movePlain() bool {
 // anything else ends it (false).
 func (p *hyPipe) ended(err error) bool {
 	if err != nil {
-		p.srcEnded(err)
+		p.srcEnded(err, p.h.release)
 		return false
 	}
 	return true
@@ -398,97 +392,25 @@ func (p *hyPipe) readPlain(b []byte) (int, error) {
 // readReady is readPlain's RawConn callback: one non-blocking read. Unlike
 // goPipe's, it never asks to wait: nothing to read is a result.
 func (p *hyPipe) readReady(fd uintptr) bool {
-	for {
-		n, err := read(int(fd), p.rb)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-		case err != nil:
-			p.rerr = err
-		case n == 0:
-			p.rerr = io.EOF
-		default:
-			p.rn = n
-		}
-		return true
-	}
+	p.rn, _, p.rerr = readNonBlocking(read, int(fd), p.rb)
+	return true
 }
 
 // send writes b to dst; it reports false (and ends the relay) if it failed.
 func (p *hyPipe) send(b []byte) bool {
-	p.mu.Lock()
-	var err error
-	if p.r.closing.Load() {
-		err = net.ErrClosed
-	} else {
-		p.frames.observe(b)
-		_, err = p.dst.Write(b)
-	}
-	p.mu.Unlock()
-	p.bytes.Add(uint64(len(b)))
-	p.r.lastActive.Store(time.Now().UnixNano())
-	if err != nil {
+	if err := p.write(b); err != nil {
 		p.h.shutdown(p.side(false) + " write failed")
 		return false
 	}
 	return true
 }
 
-// srcEnded: as goPipe.srcEnded.
-func (p *hyPipe) srcEnded(err error) {
-	if p.r.closing.Load() {
-		return
-	}
-	code, reason := uint16(protocol.CloseGoingAway), p.side(true)+" closed the connection"
-	if !errors.Is(err, io.EOF) {
-		code, reason = protocol.CloseInternalError, p.side(true)+" connection failed"
-	}
-	p.mu.Lock()
-	p.injectClose(code, reason)
-	p.mu.Unlock()
-	p.h.shutdown(reason)
-}
-
-// injectClose: as goPipe.injectClose. Caller holds p.mu.
-func (p *hyPipe) injectClose(code uint16, reason string) {
-	if !p.frames.atBoundary() || p.frames.closeSeen {
-		return
-	}
-	p.dst.SetWriteDeadline(time.Now().Add(closeGrace))
-	if _, err := p.dst.Write(closeFrame(code, reason, p.toServer)); err == nil {
-		p.frames.closeSeen = true
-	}
-}
-
 // shutdown ends the relay once: see release.
-func (h *hyRelay) shutdown(reason string) {
-	r := h.up.r
-	r.endOnce.Do(func() { r.endReason = reason })
-	if r.closing.CompareAndSwap(false, true) {
-		h.release()
-	}
-}
+func (h *hyRelay) shutdown(reason string) { h.up.r.shutdown(reason, h.release) }
 
 // closeWith: as goRelay.closeWith, the sockets closing through release.
 func (h *hyRelay) closeWith(code uint16, reason string) {
-	r := h.up.r
-	if !r.closing.CompareAndSwap(false, true) {
-		return
-	}
-	r.endOnce.Do(func() { r.endReason = "closed by balancer" })
-	// A goroutine blocked writing to a peer that stopped reading holds its
-	// pipe's lock; the deadline frees it within closeGrace.
-	deadline := time.Now().Add(closeGrace)
-	h.client.SetWriteDeadline(deadline)
-	h.backend.SetWriteDeadline(deadline)
-	h.down.mu.Lock()
-	h.down.injectClose(code, reason)
-	h.down.mu.Unlock()
-	h.up.mu.Lock()
-	h.up.injectClose(code, reason)
-	h.up.mu.Unlock()
-	h.release()
+	h.up.r.closeConnsWith(&h.up.connPipe, &h.down.connPipe, code, reason, h.release)
 }
 
 // release has the loop remove both watches, then closes both connections

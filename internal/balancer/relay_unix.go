@@ -18,22 +18,32 @@ func (p *goPipe) readReady(fd uintptr) bool {
 	if p.buf == nil {
 		p.buf = getRelayBuf()
 	}
+	n, wait, err := readNonBlocking(syscall.Read, int(fd), *p.buf)
+	if wait {
+		putRelayBuf(p.buf)
+		p.buf = nil
+		return false
+	}
+	p.n, p.err = n, err
+	return true
+}
+
+// readNonBlocking reads the non-blocking descriptor fd once into b with
+// read, retrying when a signal interrupted it. wait reports that fd had
+// nothing to read (EAGAIN); the end of the stream is io.EOF.
+func readNonBlocking(read func(fd int, b []byte) (int, error), fd int, b []byte) (n int, wait bool, err error) {
 	for {
-		n, err := syscall.Read(int(fd), *p.buf)
+		n, err := read(fd, b)
 		switch {
 		case err == syscall.EINTR:
 			continue
 		case err == syscall.EAGAIN:
-			putRelayBuf(p.buf)
-			p.buf = nil
-			return false
+			return 0, true, nil
 		case err != nil:
-			p.err = err
+			return 0, false, err
 		case n == 0:
-			p.err = io.EOF
-		default:
-			p.n = n
+			return 0, false, io.EOF
 		}
-		return true
+		return n, false, nil
 	}
 }

@@ -11,4 +11,20 @@
 // wsbackend/token) and internal/affinity, never Caddy and never the backend
 // library (wsbackend). It is internal because its API serves the glue, not
 // users: backend authors import wsbackend, clients wsbackend/client.
+//
+// An upgrade flows downward through Proxy.ServeUpgrade, one file per step:
+//
+//  1. admit (transport.go): pick the client's transport and check its
+//     request before any backend is touched;
+//  2. choose (choose.go, selection.go, affinity.go): least-loaded, with
+//     reservation, retry and 503/Retry-After;
+//  3. dial and handshake (dialer.go, handshake.go, handshake_tls.go);
+//  4. hand over (proxy.go handOver): open the client's side through its
+//     transport and start the relay (relay.go; relay_hybrid_linux.go and
+//     evloop_linux.go on Linux).
+//
+// What differs between an HTTP/1.1 upgrade (hijack and 101,
+// transport_hijack.go) and an HTTP/2 extended CONNECT (a stream and 200,
+// transport_stream.go) is the clientTransport interface; no other step
+// branches on it.
 package balancer

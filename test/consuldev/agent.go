@@ -37,18 +37,49 @@ type Options struct {
 	HCL string
 }
 
-// Agent is a running `consul agent -dev`. Its ports stay the same across
-// Stop and Restart, so clients configured with Addr reach it again; its
-// state does not (a dev agent keeps everything in memory).
+// LaunchOptions shape an agent started with Launch.
+type LaunchOptions struct {
+	// Dir holds the agent's configuration and, unless it is a dev agent,
+	// its data. It is created if missing.
+	Dir string
+
+	// Name is the agent's node name, used as it is.
+	Name string
+
+	// Join is the serf LAN address (SerfLANAddr) of a server for a client
+	// agent to join (retry_join). Empty: the agent is a server.
+	Join string
+
+	// Dev makes a server a `consul agent -dev` (Raft in memory). False: a
+	// single server (bootstrap_expect = 1) with its Raft log in Dir, as
+	// production servers keep it. Client agents ignore it.
+	Dev bool
+
+	// HCL is extra agent configuration, as in Options.
+	HCL string
+}
+
+// Agent is a running Consul agent: `consul agent -dev` as Start starts it,
+// or whatever LaunchOptions asked for. Its ports stay the same across Stop
+// and Restart, so clients configured with Addr reach it again; a dev
+// agent's state does not (it keeps everything in memory).
 type Agent struct {
 	bin    string
-	dir    string
+	spec   spec
 	ports  ports
 	logs   *lockedBuffer
-	name   string
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
+}
+
+// spec is what Start and Launch both ask of an agent.
+type spec struct {
+	dir, name string
+	join      string // a client agent joining this server; empty: a server
+	dev       bool
+	acl       bool
+	hcl       string
 }
 
 type ports struct{ http, dns, grpc, serfLAN, serfWAN, server int }
@@ -56,7 +87,7 @@ type ports struct{ http, dns, grpc, serfLAN, serfWAN, server int }
 // Start starts an agent for one test and stops it when the test ends.
 func Start(tb testing.TB, opts Options) *Agent {
 	tb.Helper()
-	a, err := start(opts, tb.TempDir(), tb.Name())
+	a, err := start(context.Background(), spec{dir: tb.TempDir(), name: nodeName(tb.Name()), dev: true, acl: opts.ACL, hcl: opts.HCL})
 	if err != nil {
 		tb.Fatalf("starting consul agent -dev: %v", err)
 	}
@@ -68,7 +99,22 @@ func Start(tb testing.TB, opts Options) *Agent {
 	return a
 }
 
-func start(opts Options, dir, name string) (*Agent, error) {
+// Launch starts an agent outside tests (for tools such as
+// test/consulscale), waits until it knows a leader and its own node is in
+// the catalog, and returns it. It runs until Kill (or Stop), or until the
+// calling process dies; ctx bounds only the start.
+func Launch(ctx context.Context, opts LaunchOptions) (*Agent, error) {
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	a, err := start(ctx, spec{dir: opts.Dir, name: opts.Name, join: opts.Join, dev: opts.Dev && opts.Join == "", hcl: opts.HCL})
+	if err != nil {
+		return nil, fmt.Errorf("starting consul agent %s: %w", opts.Name, err)
+	}
+	return a, nil
+}
+
+func start(ctx context.Context, s spec) (*Agent, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -81,11 +127,11 @@ func start(opts Options, dir, name string) (*Agent, error) {
 		if err != nil {
 			return nil, err
 		}
-		a := &Agent{bin: bin, dir: dir, ports: p, logs: new(lockedBuffer), name: nodeName(name)}
-		if err := os.WriteFile(filepath.Join(dir, "agent.hcl"), []byte(a.config(opts)), 0o600); err != nil {
+		a := &Agent{bin: bin, spec: s, ports: p, logs: new(lockedBuffer)}
+		if err := os.WriteFile(a.configFile(), []byte(a.config()), 0o600); err != nil {
 			return nil, err
 		}
-		err = a.launch()
+		err = a.launch(ctx)
 		if err == nil {
 			return a, nil
 		}
@@ -95,29 +141,42 @@ func start(opts Options, dir, name string) (*Agent, error) {
 	}
 }
 
+func (a *Agent) configFile() string { return filepath.Join(a.spec.dir, "agent.hcl") }
+
 // config is the agent's configuration: every port chosen free on loopback
 // (parallel test packages each run agents), nothing that reaches outside.
-func (a *Agent) config(opts Options) string {
+func (a *Agent) config() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "node_name = %q\n", a.name)
+	fmt.Fprintf(&b, "node_name = %q\n", a.spec.name)
 	b.WriteString("bind_addr = \"127.0.0.1\"\nclient_addr = \"127.0.0.1\"\n")
 	b.WriteString("disable_update_check = true\nenable_script_checks = false\n")
 	b.WriteString("log_level = \"warn\"\n")
 	fmt.Fprintf(&b, "ports {\n  http = %d\n  https = -1\n  dns = %d\n  grpc = %d\n  grpc_tls = -1\n  serf_lan = %d\n  serf_wan = %d\n  server = %d\n}\n",
 		a.ports.http, a.ports.dns, a.ports.grpc, a.ports.serfLAN, a.ports.serfWAN, a.ports.server)
-	if opts.ACL {
+	switch {
+	case a.spec.join != "":
+		fmt.Fprintf(&b, "server = false\ndata_dir = %q\nretry_join = [%q]\n", filepath.Join(a.spec.dir, "data"), a.spec.join)
+	case !a.spec.dev:
+		fmt.Fprintf(&b, "server = true\nbootstrap_expect = 1\ndata_dir = %q\n", filepath.Join(a.spec.dir, "data"))
+	}
+	if a.spec.acl {
 		fmt.Fprintf(&b, "acl {\n  enabled = true\n  default_policy = \"deny\"\n  enable_token_persistence = false\n  tokens {\n    initial_management = %q\n    agent = %q\n  }\n}\n",
 			ManagementToken, ManagementToken)
 	}
-	b.WriteString(opts.HCL)
+	b.WriteString(a.spec.hcl)
 	b.WriteString("\n")
 	return b.String()
 }
 
-func (a *Agent) launch() error {
-	cmd := exec.Command(a.bin, "agent", "-dev", "-config-file", filepath.Join(a.dir, "agent.hcl"))
+func (a *Agent) launch(ctx context.Context) error {
+	args := []string{"agent"}
+	if a.spec.dev {
+		args = append(args, "-dev")
+	}
+	cmd := exec.Command(a.bin, append(args, "-config-file", a.configFile())...)
 	cmd.Stdout, cmd.Stderr = a.logs, a.logs
-	// Its own process group, so that nothing it starts outlives it.
+	// Its own process group, so that nothing it starts outlives it, killed
+	// if the process that started it dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("running %s: %w", a.bin, err)
@@ -127,24 +186,26 @@ func (a *Agent) launch() error {
 	a.mu.Lock()
 	a.cmd, a.exited = cmd, exited
 	a.mu.Unlock()
-	if err := a.waitLeader(exited); err != nil {
-		a.kill()
+	if err := a.waitLeader(ctx, exited); err != nil {
+		a.Kill()
 		return fmt.Errorf("%w\nagent log:\n%s", err, a.logs.String())
 	}
 	return nil
 }
 
-// waitLeader polls /v1/status/leader until the agent has elected itself,
-// and /v1/agent/self until it has registered its own node, so that the
-// first test request does not race the agent's start.
-func (a *Agent) waitLeader(exited <-chan struct{}) error {
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+// waitLeader polls /v1/status/leader until the agent knows a leader (a
+// server has elected itself, a client has joined), and the catalog until
+// it holds the agent's own node, so that the first request does not race
+// the agent's start.
+func (a *Agent) waitLeader(ctx context.Context, exited <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	c := a.rawClient(ManagementToken)
 	for {
 		leader, err := c.Status().Leader()
 		if err == nil && leader != "" {
-			if _, _, err := c.Catalog().Node(a.name, nil); err == nil {
+			var n *api.CatalogNode
+			if n, _, err = c.Catalog().Node(a.spec.name, nil); err == nil && n != nil && n.Node != nil {
 				return nil
 			}
 		}
@@ -160,6 +221,23 @@ func (a *Agent) waitLeader(exited <-chan struct{}) error {
 
 // Addr is the agent's HTTP address, host:port.
 func (a *Agent) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.http)) }
+
+// SerfLANAddr is the agent's serf LAN address, host:port: what a client
+// agent joins (LaunchOptions.Join).
+func (a *Agent) SerfLANAddr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.serfLAN))
+}
+
+// Pid is the agent process's id (0 once stopped), e.g. to read its CPU
+// time from /proc.
+func (a *Agent) Pid() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil {
+		return 0
+	}
+	return a.cmd.Process.Pid
+}
 
 // DNSAddr is the agent's DNS address, host:port (UDP and TCP).
 func (a *Agent) DNSAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(a.ports.dns)) }
@@ -207,7 +285,7 @@ func (a *Agent) Stop(tb testing.TB) {
 // are gone, as after any dev agent's restart.
 func (a *Agent) Restart(tb testing.TB) {
 	tb.Helper()
-	if err := a.launch(); err != nil {
+	if err := a.launch(context.Background()); err != nil {
 		tb.Fatalf("restarting consul agent: %v", err)
 	}
 }
@@ -236,7 +314,10 @@ func (a *Agent) stop() error {
 	return nil
 }
 
-func (a *Agent) kill() {
+// Kill ends the agent at once (SIGKILL to its process group) and waits
+// for it: for tools, which throw away what the agent kept. Killing a
+// stopped agent does nothing.
+func (a *Agent) Kill() {
 	a.mu.Lock()
 	cmd, exited := a.cmd, a.exited
 	a.cmd = nil
@@ -252,16 +333,26 @@ func (a *Agent) kill() {
 // its growth over an interval counts the writes every server would apply.
 func (a *Agent) RaftIndex(tb testing.TB) uint64 {
 	tb.Helper()
+	n, err := a.LastLogIndex()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+// LastLogIndex is RaftIndex for use outside tests: a server's last Raft
+// log index, or an error.
+func (a *Agent) LastLogIndex() (uint64, error) {
 	self, err := a.rawClient(ManagementToken).Agent().Self()
 	if err != nil {
-		tb.Fatalf("reading /v1/agent/self: %v", err)
+		return 0, fmt.Errorf("reading /v1/agent/self: %w", err)
 	}
 	stats, _ := self["Stats"]["raft"].(map[string]any)
 	n, err := strconv.ParseUint(fmt.Sprint(stats["last_log_index"]), 10, 64)
 	if err != nil {
-		tb.Fatalf("reading raft last_log_index from %v: %v", stats, err)
+		return 0, fmt.Errorf("reading raft last_log_index from %v: %w", stats, err)
 	}
-	return n
+	return n, nil
 }
 
 // freePorts picks six free loopback ports. Ports are found by binding to
@@ -320,6 +411,9 @@ type lockedBuffer struct {
 func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.b.Len() > 1<<20 { // a long run's agent: keep the start, which says why it failed
+		return len(p), nil
+	}
 	return l.b.Write(p)
 }
 

@@ -14,4 +14,9 @@
 //	func TestMain(m *testing.M) { os.Exit(consuldev.Main(m)) }
 //
 // and gets the agent with Shared; tests keep apart by service names.
+//
+// Tools outside tests (test/consulscale) start agents with Launch: a dev
+// server, a single server keeping its Raft log on disk, or client agents
+// joined to a server, each with the same ports, configuration and process
+// handling as the tests' agents.
 package consuldev

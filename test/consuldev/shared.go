@@ -1,6 +1,7 @@
 package consuldev
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"sync"
@@ -55,7 +56,7 @@ func Shared(tb testing.TB) *Agent {
 	if shared.agent == nil && shared.err == nil {
 		shared.dir, shared.err = os.MkdirTemp("", "consuldev-")
 		if shared.err == nil {
-			shared.agent, shared.err = start(Options{HCL: SharedHCL}, shared.dir, "shared")
+			shared.agent, shared.err = start(context.Background(), spec{dir: shared.dir, name: nodeName("shared"), dev: true, hcl: SharedHCL})
 		}
 	}
 	if shared.err != nil {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
 )
 
 // result is one measured window of one grid cell.
@@ -43,7 +45,7 @@ type result struct {
 	start       time.Time
 }
 
-func runCell(ctx context.Context, cfg config, bin, tmp string, n, m int) (res result, err error) {
+func runCell(ctx context.Context, cfg config, tmp string, n, m int) (res result, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	dir, err := os.MkdirTemp(tmp, fmt.Sprintf("cell-%d-%d-", n, m))
@@ -52,29 +54,31 @@ func runCell(ctx context.Context, cfg config, bin, tmp string, n, m int) (res re
 	}
 	defer os.RemoveAll(dir)
 
-	var agents []*agent
+	// Every agent is killed at the cell's end: dev agents keep nothing, and
+	// the others' data directories are removed with the cell's.
+	var agents []*consuldev.Agent
 	defer func() {
 		for _, a := range agents {
-			a.stop()
+			a.Kill()
 		}
 	}()
-	server, err := startAgent(ctx, bin, dir, "server", "", cfg.dev)
+	server, err := startAgent(ctx, dir, "server", "", cfg.dev)
 	if err != nil {
 		return res, err
 	}
 	agents = append(agents, server)
-	backendAddrs := []string{server.addr()}
+	backendAddrs := []string{server.Addr()}
 	balancerAddrs := make([]string, m)
 	for j := range balancerAddrs {
-		balancerAddrs[j] = server.addr()
+		balancerAddrs[j] = server.Addr()
 	}
 	// Client agents (topology clients): the backends' nodes, -backends-per-agent
 	// backends each, then one per balancer. They start in parallel.
-	var backendAgents, balancerAgents []*agent
+	var backendAgents, balancerAgents []*consuldev.Agent
 	if cfg.topology == "clients" {
-		join := fmt.Sprintf("127.0.0.1:%d", server.ports.serfLAN)
+		join := server.SerfLANAddr()
 		k := (n + cfg.perAgent - 1) / cfg.perAgent
-		started := make([]*agent, k+m)
+		started := make([]*consuldev.Agent, k+m)
 		var g errgroup.Group
 		g.SetLimit(4)
 		for i := range started {
@@ -83,7 +87,7 @@ func runCell(ctx context.Context, cfg config, bin, tmp string, n, m int) (res re
 				name = fmt.Sprintf("balancer%d", i-k)
 			}
 			g.Go(func() error {
-				a, err := startAgent(ctx, bin, dir, name, join, false)
+				a, err := startAgent(ctx, dir, name, join, false)
 				started[i] = a
 				return err
 			})
@@ -100,10 +104,10 @@ func runCell(ctx context.Context, cfg config, bin, tmp string, n, m int) (res re
 		backendAgents, balancerAgents = started[:k], started[k:]
 		backendAddrs = backendAddrs[:0]
 		for _, a := range backendAgents {
-			backendAddrs = append(backendAddrs, a.addr())
+			backendAddrs = append(backendAddrs, a.Addr())
 		}
 		for j, a := range balancerAgents {
-			balancerAddrs[j] = a.addr()
+			balancerAddrs[j] = a.Addr()
 		}
 	}
 
@@ -150,18 +154,18 @@ func runCell(ctx context.Context, cfg config, bin, tmp string, n, m int) (res re
 	}
 	take := func() (s snap, err error) {
 		s.t = time.Now()
-		if s.server, err = cpuSeconds(server.pid()); err != nil {
+		if s.server, err = cpuSeconds(server.Pid()); err != nil {
 			return s, err
 		}
 		for _, a := range backendAgents {
-			c, err := cpuSeconds(a.pid())
+			c, err := cpuSeconds(a.Pid())
 			if err != nil {
 				return s, err
 			}
 			s.bnode += c
 		}
 		for _, a := range balancerAgents {
-			c, err := cpuSeconds(a.pid())
+			c, err := cpuSeconds(a.Pid())
 			if err != nil {
 				return s, err
 			}
@@ -169,7 +173,7 @@ func runCell(ctx context.Context, cfg config, bin, tmp string, n, m int) (res re
 		}
 		s.self = selfCPU()
 		s.busy = machineBusySeconds()
-		if s.raft, err = server.raftIndex(); err != nil {
+		if s.raft, err = server.LastLogIndex(); err != nil {
 			return s, err
 		}
 		s.regs, s.ttl = f.registers.Load(), f.ttl.Load()
@@ -195,10 +199,10 @@ func runCell(ctx context.Context, cfg config, bin, tmp string, n, m int) (res re
 		for _, b := range bals {
 			res.minPassing = min(res.minPassing, len(b.w.Instances()))
 		}
-		res.serverRSS = max(res.serverRSS, rssMB(server.pid()))
+		res.serverRSS = max(res.serverRSS, rssMB(server.Pid()))
 		var sum float64
 		for _, a := range balancerAgents {
-			sum += rssMB(a.pid())
+			sum += rssMB(a.Pid())
 		}
 		res.agentRSS = max(res.agentRSS, sum)
 		select {
@@ -240,7 +244,7 @@ func runCell(ctx context.Context, cfg config, bin, tmp string, n, m int) (res re
 	tr.mu.Lock()
 	res.unknown = tr.unknown
 	tr.mu.Unlock()
-	if s := server.logs.String(); strings.Contains(s, "panic:") {
+	if s := server.Logs(); strings.Contains(s, "panic:") {
 		return res, fmt.Errorf("consul agent panicked:\n%s", s)
 	}
 	return res, nil

@@ -4,9 +4,11 @@
 //
 //	go run ./test/consulscale -backends 50,200,500 -balancers 2,5,10
 //
-// For each cell of the grid it starts a fresh `consul agent -dev` on free
-// loopback ports (with -topology clients also client agents for the
-// backends' nodes and one per balancer, as in a real cluster), registers
+// For each cell of the grid it starts a fresh `consul agent -dev` (with
+// -dev=false a single server keeping its Raft log on disk) on free loopback
+// ports through test/consuldev, the agents the tests run (with -topology
+// clients also client agents for the backends' nodes and one per balancer,
+// as in a real cluster), registers
 // N backends, each a real wsbackend.Register with its own Counter and HTTP
 // client, whose counts churn (-profile), and starts M balancers, each a real
 // consul.Watcher and consul.Source with its own HTTP client. After -warmup
@@ -33,6 +35,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/wsbalancer/caddy-wsbalancer/test/consuldev"
 	"github.com/wsbalancer/caddy-wsbalancer/wsbackend"
 )
 
@@ -119,7 +122,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	bin, err := consulBinary()
+	bin, err := consuldev.Binary()
 	if err != nil {
 		fatalf("%v", err)
 	}
@@ -140,7 +143,7 @@ func main() {
 					break
 				}
 				waitIdle(ctx, cfg.waitIdle, cfg.idleCores)
-				r, err := runCell(ctx, cfg, bin, tmp, n, m)
+				r, err := runCell(ctx, cfg, tmp, n, m)
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "cell %d×%d: %v\n", n, m, err)
 					failures = append(failures, fmt.Sprintf("%d×%d: %v", n, m, firstLine(err.Error())))

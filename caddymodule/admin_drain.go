@@ -54,7 +54,7 @@ func handleDrain(w http.ResponseWriter, r *http.Request) error {
 	if u == nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: errors.New("no backend with id or address " + id)}
 	}
-	if u.SetDrained(on) {
+	if u.SetDrainedByOperator(on) {
 		caddy.Log().Named("ws_balancer").Info("backend drain changed by admin API",
 			zap.String("backend", u.Addr()), zap.String("id", u.ID), zap.Bool("drained", on))
 	}

@@ -230,7 +230,7 @@ func (h *Handler) drainLoop(ctx context.Context) {
 	for {
 		var draining []*balancer.Upstream
 		for _, u := range h.source.Upstreams() {
-			if u.IsDraining() && u.Live() > 0 {
+			if u.Draining() && u.Live() > 0 {
 				draining = append(draining, u)
 			}
 		}

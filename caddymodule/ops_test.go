@@ -193,7 +193,7 @@ func TestRebalancePickVictim(t *testing.T) {
 	}
 	// A draining backend is left out of the average.
 	ups := mk(300, 100, 100)
-	ups[0].SetDrained(true)
+	ups[0].SetDrainedByOperator(true)
 	if v := rb.pickVictim(ups, now); v != nil {
 		t.Errorf("picked %s with the loaded one draining", v.Addr())
 	}

@@ -81,7 +81,7 @@ func (rb *rebalancer) pickVictim(ups []*balancer.Upstream, now time.Time) *balan
 	var top *balancer.Upstream
 	var topLoad int64
 	for _, u := range ups {
-		if u.IsDraining() || !u.Healthy(now) {
+		if u.Draining() || !u.Healthy(now) {
 			continue // draining has its own closing; down ones carry nothing new
 		}
 		l := u.Load()

@@ -77,7 +77,7 @@ func (cu *ConsulUpstreams) GetUpstreams(*http.Request) ([]*reverseproxy.Upstream
 	ups := cu.rp.source.Upstreams()
 	out := make([]*reverseproxy.Upstream, 0, len(ups))
 	for _, u := range ups {
-		if u.IsDraining() {
+		if u.Draining() {
 			continue
 		}
 		out = append(out, &reverseproxy.Upstream{Dial: u.Addr()})

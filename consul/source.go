@@ -125,11 +125,11 @@ func (s *Source) update(set []Instance) {
 // upstream builds the Upstream of one instance and records its load report.
 func (s *Source) upstream(in Instance, b *balancer.Backend, now time.Time) *balancer.Upstream {
 	u := &balancer.Upstream{
-		Backend:  b,
-		ID:       in.ID,
-		URL:      &url.URL{Scheme: s.opts.BackendScheme, Host: in.Addr, Path: "/"},
-		MaxConns: s.opts.MaxConns,
-		Draining: strings.EqualFold(in.Meta[protocol.MetaDraining], "true"),
+		Backend:        b,
+		ID:             in.ID,
+		URL:            &url.URL{Scheme: s.opts.BackendScheme, Host: in.Addr, Path: "/"},
+		MaxConns:       s.opts.MaxConns,
+		DrainAnnounced: strings.EqualFold(in.Meta[protocol.MetaDraining], "true"),
 	}
 	if raw := in.Meta[protocol.MetaURL]; raw != "" {
 		if pu, err := url.Parse(raw); err == nil && (pu.Scheme == "ws" || pu.Scheme == "wss") && pu.Host != "" {

@@ -57,8 +57,8 @@ func TestSourceConversion(t *testing.T) {
 	if full.Addr() != "10.0.0.2:8001" || full.URL.String() != "ws://10.0.0.2:8001/" {
 		t.Errorf("full: addr %s url %s", full.Addr(), full.URL)
 	}
-	if full.PublicURL != "wss://public.example/ws" || !full.Draining || full.MaxConns != 100 {
-		t.Errorf("full: public %q draining %v max %d", full.PublicURL, full.Draining, full.MaxConns)
+	if full.PublicURL != "wss://public.example/ws" || !full.DrainAnnounced || full.MaxConns != 100 {
+		t.Errorf("full: public %q draining %v max %d", full.PublicURL, full.DrainAnnounced, full.MaxConns)
 	}
 	if n, at, ok := full.Reported(); !ok || n != 7 || !at.Equal(now) {
 		t.Errorf("full: reported %d at %s (%v), want 7 at %s", n, at, ok, now)
@@ -68,8 +68,8 @@ func TestSourceConversion(t *testing.T) {
 	}
 
 	plain := ups["plain"]
-	if plain.Addr() != "10.0.0.1:8002" || plain.Draining || plain.PublicURL != "" {
-		t.Errorf("plain: addr %s draining %v public %q", plain.Addr(), plain.Draining, plain.PublicURL)
+	if plain.Addr() != "10.0.0.1:8002" || plain.DrainAnnounced || plain.PublicURL != "" {
+		t.Errorf("plain: addr %s draining %v public %q", plain.Addr(), plain.DrainAnnounced, plain.PublicURL)
 	}
 	if _, _, ok := plain.Reported(); ok {
 		t.Error("plain: a report without ws_connections")
@@ -90,7 +90,7 @@ func TestSourceConversion(t *testing.T) {
 		entry("capped", "10.0.0.3", 8003, 7, map[string]string{"ws_capacity": "40"}),
 	})
 	ups = byID(s.Upstreams())
-	if len(ups) != 2 || ups["full"].Draining {
+	if len(ups) != 2 || ups["full"].DrainAnnounced {
 		t.Fatalf("after the change: %v", slices.Collect(maps.Keys(ups)))
 	}
 	if n, _, _ := ups["full"].Reported(); n != 9 || ups["full"].Capacity() != 0 {

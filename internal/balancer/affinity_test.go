@@ -142,13 +142,13 @@ func TestAffinityPick(t *testing.T) {
 	if s.chosen(u) != nil {
 		t.Error("cookie set again although the client has it")
 	}
-	// Drained: the cookie is not honoured.
-	u.SetDrained(true)
+	// Drained by an operator: the cookie is not honoured.
+	u.SetDrainedByOperator(true)
 	s = a.begin(req(other, c.Value))
 	if u2 := s.pick(ups, now, nil); u2 == u || s.outcome == AffinityCookie {
 		t.Fatalf("cookie honoured for a drained backend")
 	}
-	u.SetDrained(false)
+	u.SetDrainedByOperator(false)
 	// Forged cookie: normal selection.
 	s = a.begin(req("lobby", "AAAAAAAAAAAAAAAAAAAAAA"))
 	if u2 := s.pick(ups, now, nil); u2 != u || s.outcome != AffinityMain {

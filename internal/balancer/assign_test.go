@@ -238,7 +238,7 @@ func TestAssignRespectsLimits(t *testing.T) {
 	ups := staticUpstreams(t, clk, "10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1")
 	ups[0].MaxConns = 2
 	ups[1].ObserveReport(Report{Connections: 3, Capacity: 4, Version: 1}, clk.Now()) // reported 3 of a capacity of 4
-	ups[2].Draining = true
+	ups[2].DrainAnnounced = true
 	a := newTestAssigner(t, poolOf(ups...), AssignOptions{Signer: testSigner(t, priv), Hold: time.Second, RetryAfter: 2 * time.Second, Now: clk.Now})
 	got := map[string]int{}
 	for range 3 {

@@ -28,7 +28,7 @@ type Backend struct {
 	failedUntil atomic.Int64
 
 	// drained is set by an operator (admin API) to keep new connections
-	// away; see SetDrained.
+	// away; see SetDrainedByOperator.
 	drained atomic.Bool
 
 	report atomic.Pointer[loadReport]

@@ -5,19 +5,26 @@ import (
 	"time"
 )
 
-// SetDrained marks the backend drained by an operator (or clears the mark).
+// A backend drains (takes no new connections or assignments, and keeps
+// those it has) for either of two reasons, each with its own mark: it
+// announced so itself through discovery (Upstream.DrainAnnounced, from the
+// ws_draining meta), or an operator drained it through the admin API
+// (DrainedByOperator). Upstream.Draining is the one question selection
+// asks: either.
+
+// SetDrainedByOperator marks the backend drained by an operator (or clears
+// the mark).
 // A drained backend takes no new connections or assignments; the mark lives
 // with the shared Backend state, so it survives config reloads. It reports
 // whether the mark changed.
-func (b *Backend) SetDrained(on bool) bool { return b.drained.Swap(on) != on }
+func (b *Backend) SetDrainedByOperator(on bool) bool { return b.drained.Swap(on) != on }
 
-// Drained reports whether an operator drained the backend.
-func (b *Backend) Drained() bool { return b.drained.Load() }
+// DrainedByOperator reports whether an operator drained the backend.
+func (b *Backend) DrainedByOperator() bool { return b.drained.Load() }
 
-// IsDraining reports whether the upstream takes no new connections because
-// it is draining: marked so through discovery (Draining) or by an operator
-// (Backend.Drained).
-func (u *Upstream) IsDraining() bool { return u.Draining || u.Drained() }
+// Draining reports whether the upstream takes no new connections: its
+// backend announced it is draining, or an operator drained it.
+func (u *Upstream) Draining() bool { return u.DrainAnnounced || u.DrainedByOperator() }
 
 // CloseIdle closes, with a close frame carrying code and reason, the
 // connections relayed to the backend that moved no byte either way since

@@ -9,13 +9,13 @@ func TestDrainedMark(t *testing.T) {
 	b := NewBackend("10.0.0.1:80")
 	u := &Upstream{Backend: b, ID: "a"}
 	now := time.Now()
-	if !u.Available(now) || u.IsDraining() || u.State(now) != "up" {
+	if !u.Available(now) || u.Draining() || u.State(now) != "up" {
 		t.Fatal("fresh upstream not available")
 	}
-	if !b.SetDrained(true) || b.SetDrained(true) {
+	if !b.SetDrainedByOperator(true) || b.SetDrainedByOperator(true) {
 		t.Fatal("SetDrained does not report changes")
 	}
-	if u.Available(now) || !u.IsDraining() || u.State(now) != "draining" {
+	if u.Available(now) || !u.Draining() || u.State(now) != "draining" {
 		t.Fatal("drained upstream still available")
 	}
 	// The mark is on the shared Backend: a new Upstream over it (a reload,
@@ -27,12 +27,12 @@ func TestDrainedMark(t *testing.T) {
 	if LeastLoaded([]*Upstream{u2}, now, nil) != nil {
 		t.Fatal("LeastLoaded chose a drained upstream")
 	}
-	b.SetDrained(false)
+	b.SetDrainedByOperator(false)
 	if !u2.Available(now) {
 		t.Fatal("undrained upstream not available")
 	}
-	if (&Upstream{Backend: b, Draining: true}).Available(now) {
-		t.Fatal("discovery's Draining ignored")
+	if (&Upstream{Backend: b, DrainAnnounced: true}).Available(now) {
+		t.Fatal("a drain announced through discovery ignored")
 	}
 }
 

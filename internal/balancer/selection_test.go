@@ -30,7 +30,7 @@ func TestLeastLoaded(t *testing.T) {
 		{"lowest wins", []int64{5, 2, 7}, nil, []string{"b"}, -1},
 		{"ties random among lowest", []int64{1, 3, 1}, nil, []string{"a", "c"}, -1},
 		{"down skipped", []int64{0, 5}, func(u []*Upstream) { u[0].MarkDown(now, time.Minute) }, []string{"b"}, -1},
-		{"draining skipped", []int64{0, 5}, func(u []*Upstream) { u[0].Draining = true }, []string{"b"}, -1},
+		{"draining skipped", []int64{0, 5}, func(u []*Upstream) { u[0].DrainAnnounced = true }, []string{"b"}, -1},
 		{"full skipped", []int64{3, 5}, func(u []*Upstream) { u[0].MaxConns = 3 }, []string{"b"}, -1},
 		{"all full", []int64{3, 3}, func(u []*Upstream) { u[0].MaxConns, u[1].MaxConns = 3, 2 }, nil, -1},
 		{"reported capacity caps", []int64{0, 5}, func(u []*Upstream) { u[0].ObserveReport(Report{Connections: 10, Capacity: 10, Version: 1}, now) }, []string{"b"}, -1},

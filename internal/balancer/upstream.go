@@ -32,8 +32,10 @@ type Upstream struct {
 	// 0 means none given: the capacity the backend reports stands in, and
 	// without that the weight is unknown (the mean of the known ones).
 	Weight int64
-	// Draining upstreams keep their connections but get no new ones.
-	Draining bool
+	// DrainAnnounced is the backend's own word, through discovery, that it
+	// is draining: it keeps its connections but gets no new ones (see
+	// Draining).
+	DrainAnnounced bool
 	// Active, if set, is the verdict of the active health checks run on
 	// the backend for this upstream's handler; nil means none run.
 	Active *ActiveHealth
@@ -82,7 +84,7 @@ func (u *Upstream) Available(now time.Time) bool {
 // availableLoad is Available, with the load it read to decide, so that a
 // selection reads each backend's load once.
 func (u *Upstream) availableLoad(now time.Time) (load int64, ok bool) {
-	if u.IsDraining() || !u.Healthy(now) {
+	if u.Draining() || !u.Healthy(now) {
 		return 0, false
 	}
 	load = u.Load()
@@ -102,7 +104,7 @@ func (u *Upstream) weight() int64 {
 // State is a one-word summary for the admin API and logs.
 func (u *Upstream) State(now time.Time) string {
 	switch {
-	case u.IsDraining():
+	case u.Draining():
 		return "draining"
 	case !u.Healthy(now):
 		return "down"

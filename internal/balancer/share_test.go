@@ -61,17 +61,10 @@ func TestShareEstimator(t *testing.T) {
 // connecting directly) leaves the estimate alone.
 func TestLiveShareScalesConnectionsSinceTheReport(t *testing.T) {
 	t.Parallel()
-	fresh, stale := NewBackend("fresh:1"), NewBackend("stale:1")
-	ups := []*Upstream{{Backend: fresh, ID: "fresh"}, {Backend: stale, ID: "stale"}}
-	e := newLiveShare()
-	t0 := time.Now()
-	fresh.ObserveReport(Report{Connections: 0, Version: 1, TakenAt: t0}, t0)
-	stale.ObserveReport(Report{Connections: 0, Version: 1, TakenAt: t0}, t0)
-	e.observe(ups)
+	fresh, stale, ups, e := liveShareFromZero("fresh", "stale")
 
 	// Direct clients of the fresh backend: growth without own traffic.
-	t1 := time.Now()
-	fresh.ObserveReport(Report{Connections: 60, Version: 2, TakenAt: t1}, t1)
+	reportNow(fresh, 60, 2)
 	e.observe(ups)
 	if l := stale.Load(); l != 0 || e.scale > 1 {
 		t.Fatalf("after direct growth: scale %v, stale load %d; want 1, 0", e.scale, l)
@@ -81,8 +74,7 @@ func TestLiveShareScalesConnectionsSinceTheReport(t *testing.T) {
 	// the fresh backend reports its 60 + both balancers' 20.
 	fresh.addLive(10)
 	stale.addLive(10)
-	t2 := time.Now()
-	fresh.ObserveReport(Report{Connections: 80, Version: 3, TakenAt: t2}, t2)
+	reportNow(fresh, 80, 3)
 	e.observe(ups)
 	if e.scale != 2 {
 		t.Fatalf("scale = %v, want 2 (grew 20 for 10 of ours)", e.scale)
@@ -101,20 +93,13 @@ func TestLiveShareScalesConnectionsSinceTheReport(t *testing.T) {
 // would turn to the backends that have not reported.
 func TestLiveShareBelievesAnEarlySmallReport(t *testing.T) {
 	t.Parallel()
-	early, late := NewBackend("early:1"), NewBackend("late:1")
-	ups := []*Upstream{{Backend: early, ID: "early"}, {Backend: late, ID: "late"}}
-	e := newLiveShare()
-	t0 := time.Now()
-	early.ObserveReport(Report{Connections: 0, Version: 1, TakenAt: t0}, t0)
-	late.ObserveReport(Report{Connections: 0, Version: 1, TakenAt: t0}, t0)
-	e.observe(ups)
+	early, late, ups, e := liveShareFromZero("early", "late")
 
 	// 6 of ours to each; the early backend reports them with another
 	// balancer's 6.
 	early.addLive(6)
 	late.addLive(6)
-	t1 := time.Now()
-	early.ObserveReport(Report{Connections: 12, Version: 2, TakenAt: t1}, t1)
+	reportNow(early, 12, 2)
 	e.observe(ups)
 	if e.scale != 2 {
 		t.Fatalf("scale = %v, want 2 (grew 12 for 6 of ours)", e.scale)
@@ -122,4 +107,23 @@ func TestLiveShareBelievesAnEarlySmallReport(t *testing.T) {
 	if a, b := early.Load(), late.Load(); a != b {
 		t.Errorf("loads early %d, late %d: want them equal, both holding two balancers' 6", a, b)
 	}
+}
+
+// liveShareFromZero returns two backends named after their IDs that have
+// reported 0 connections (version 1), and a proxy-mode share estimator that
+// has taken those reports in: the start of every interval it measures.
+func liveShareFromZero(first, second string) (a, b *Backend, ups []*Upstream, e *shareEstimator) {
+	a, b = NewBackend(first+":1"), NewBackend(second+":1")
+	ups = []*Upstream{{Backend: a, ID: first}, {Backend: b, ID: second}}
+	reportNow(a, 0, 1)
+	reportNow(b, 0, 1)
+	e = newLiveShare()
+	e.observe(ups)
+	return a, b, ups, e
+}
+
+// reportNow has b report connections, taken and received now.
+func reportNow(b *Backend, connections int64, version uint64) {
+	now := time.Now()
+	b.ObserveReport(Report{Connections: connections, Version: version, TakenAt: now}, now)
 }
